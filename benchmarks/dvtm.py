@@ -1,0 +1,231 @@
+"""Benchmark the DVTM (eq. 9–11): the paper's per-caption sparse matrices vs the rank-one batched form.
+
+One batch of B captions x m positions, R_LLM of shape (B, m, |V_LLM|), forward + backward, with the STGS
+over the same (B, m, |V_LLM|) logits as the yardstick. Each method runs in its own fresh subprocess so
+that its peak memory is its own. Run: ``python benchmarks/dvtm.py [--device cpu] [--repeats 5]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = ("sparse", "batched", "stgs")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Return the parsed command line."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cpu",
+                   help="torch device to run on, e.g. 'cpu' or 'cuda' (default: cpu)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed repeats after one warm-up; the median is reported (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random captions, logits and Gumbel noise (default: 0)")
+    p.add_argument("--batch", type=int, default=32, help="captions per batch B (default: 32)")
+    p.add_argument("--positions", type=int, default=20, help="caption positions m per caption (default: 20)")
+    p.add_argument("--v-llm", type=int, default=32000,
+                   help="LLM vocabulary size |V_LLM| (default: 32000, LLaMA)")
+    p.add_argument("--v-sd", type=int, default=49408, help="SD vocabulary size |V_SD| (default: 49408, CLIP)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads for each method; 0 keeps torch's default. "
+                   "On a shared machine 1 gives steadier timings (default: 0)")
+    p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)  # internal: run one method, print JSON
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- memory probes (Linux)
+
+def _rss_bytes(field: str) -> int | None:
+    """Return VmRSS / VmHWM of this process in bytes from /proc/self/status, or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM); return whether it worked."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back so the baseline is live memory
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- one method, in a subprocess
+
+def run_worker(args: argparse.Namespace) -> dict:
+    """Time forward + backward of one method; return times (s) and peak extra memory (bytes)."""
+    import torch
+
+    from photochat_lib.dvtm import dvtm_average
+    from photochat_lib.stgs import gumbel_softmax_st
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(args.seed)
+    B, m, V1, V2 = args.batch, args.positions, args.v_llm, args.v_sd
+    # ---- inputs, outside the timed region: captions of 8-20 tokens, one-hot rows at the caption's ids
+    lengths = torch.randint(8, 21, (B, 2), generator=g)
+    llm_ids = [torch.randint(0, V1, (int(n),), generator=g).to(device) for n in lengths[:, 0]]
+    sd_ids = [torch.randint(0, V2, (int(n),), generator=g).to(device) for n in lengths[:, 1]]
+    tokens = torch.zeros(B, m, dtype=torch.long)
+    r_mask = torch.zeros(B, m, dtype=torch.bool)
+    for b, ids in enumerate(llm_ids):
+        k = min(len(ids), m)
+        tokens[b, :k], r_mask[b, :k] = ids[:k].cpu(), True
+    r_mask = r_mask.to(device)
+    if args.worker == "stgs":
+        leaf = torch.randn(B, m, V1, generator=g).to(device).requires_grad_(True)  # logits
+        upstream = torch.randn(B, m, V1, generator=g).to(device)
+        noise_gen = torch.Generator(device=device).manual_seed(args.seed)
+        step = lambda: gumbel_softmax_st(leaf, 0.5, generator=noise_gen)  # noqa: E731
+    else:
+        leaf = torch.nn.functional.one_hot(tokens, V1).float().to(device).requires_grad_(True)  # R_LLM
+        upstream = torch.randn(B, V2, generator=g).to(device)
+        impl = args.worker
+        step = lambda: dvtm_average(leaf, llm_ids, sd_ids, V2, impl=impl, r_mask=r_mask)  # noqa: E731
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def once() -> float:
+        leaf.grad = None
+        sync()
+        t0 = time.perf_counter()
+        step().backward(upstream)
+        sync()
+        return time.perf_counter() - t0
+
+    def forward_only() -> float:
+        sync()
+        t0 = time.perf_counter()
+        out = step()  # builds the autograd graph as in training, but no backward
+        sync()
+        del out
+        return time.perf_counter() - t0
+
+    def grad_floor() -> float:
+        sync()
+        t0 = time.perf_counter()
+        z = torch.zeros(B, m, V1, device=device)  # what any backward to a dense R_LLM must write
+        sync()
+        del z
+        return time.perf_counter() - t0
+
+    once()  # warm-up (first-call initialisation is not charged to the method's peak memory)
+    leaf.grad = None  # so the peak below includes the gradient each repeat writes
+    # ---- peak memory above the inputs, over the timed forward + backward repeats
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_ok = _reset_peak_rss()
+        base = _rss_bytes("VmRSS")
+    times = [once() for _ in range(args.repeats)]
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        hwm = _rss_bytes("VmHWM")
+        peak = (hwm - base) if (reset_ok and hwm is not None and base is not None) else None
+    leaf.grad = None
+    fwd = [forward_only() for _ in range(args.repeats)]
+    floor = [grad_floor() for _ in range(args.repeats)]
+    return {"times": times, "fwd": fwd, "floor": floor, "peak": peak, "threads": torch.get_num_threads()}
+
+
+# --------------------------------------------------------------------------- driver
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def main(argv=None) -> int:
+    """Run each method in a subprocess and print the table; returns the exit status."""
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return 0
+    results = {}
+    for method in METHODS:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method] + [
+            f"--device={args.device}", f"--repeats={args.repeats}", f"--seed={args.seed}",
+            f"--batch={args.batch}", f"--positions={args.positions}",
+            f"--v-llm={args.v_llm}", f"--v-sd={args.v_sd}", f"--threads={args.threads}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+        if proc.returncode != 0:
+            print(f"worker {method!r} failed:\n{proc.stderr}", file=sys.stderr)
+            return 1
+        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    B, m, V1, V2 = args.batch, args.positions, args.v_llm, args.v_sd
+    mem_what = (
+        "torch.cuda.max_memory_allocated above the inputs"
+        if args.device.startswith("cuda")
+        else "peak resident memory (Linux VmHWM, reset after the inputs were built) above the inputs"
+    )
+    print(f"DVTM benchmark: B={B} captions x m={m} positions, |V_LLM|={V1}, |V_SD|={V2}, device={args.device}, "
+          f"threads={results['batched']['threads']}")
+    print(f"time: forward + backward, median of {args.repeats} after 1 warm-up; memory: {mem_what}; "
+          f"one fresh subprocess per method")
+    print("fwd ms: forward only, graph built as in training; floor: writing the dense (B, m, |V_LLM|) gradient "
+          "that any backward into R_LLM must produce")
+    print()
+    labels = {
+        "sparse": "sparse  (paper: one COO M_b per caption, eq. 9-10)",
+        "batched": "batched (rank-one gather/scatter)",
+        "stgs": "STGS    (eq. 4-7 over the same logits)",
+    }
+    print(f"{'method':<52} {'fwd+bwd ms':>10} {'min ms':>8} {'fwd ms':>8} {'peak memory':>12}")
+    print("-" * 94)
+    med, fwd = {}, {}
+    for method in METHODS:
+        t = results[method]["times"]
+        med[method] = statistics.median(t)
+        fwd[method] = statistics.median(results[method]["fwd"])
+        print(f"{labels[method]:<52} {med[method] * 1e3:>10.2f} {min(t) * 1e3:>8.2f} {fwd[method] * 1e3:>8.2f} "
+              f"{_fmt_bytes(results[method]['peak']):>12}")
+    floor = statistics.median(results["batched"]["floor"])
+    print(f"{'(floor: torch.zeros(B, m, |V_LLM|), the dense grad)':<52} {floor * 1e3:>10.2f}")
+    print()
+    speedup = med["sparse"] / med["batched"]
+    share = med["batched"] / med["stgs"]
+    verdict = "met" if speedup >= 20 else "NOT met"
+    print(f"sparse / batched speed-up : {speedup:8.1f}x   fwd+bwd (target >= 20x: {verdict})")
+    print(f"                            {fwd['sparse'] / fwd['batched']:8.1f}x   forward only")
+    print(f"batched / STGS time       : {share * 100:8.2f}%   (target <= 5%: {'met' if share <= 0.05 else 'NOT met'})")
+    print(f"a dense M (float32) needs : {_fmt_bytes(V1 * V2 * 4)} per caption, {_fmt_bytes(B * V1 * V2 * 4)} "
+          f"for the batch (paper's 40,000^2 x 2 B = 3.2 GB remark)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
