@@ -1,0 +1,155 @@
+"""Inference (paper §2.5, last paragraph): perceive the context's photos, write the reply, and draw a
+photo for every ``[IMG] caption [/IMG]`` the LLM emits.
+
+Edge cases, decided here and taught in the course:
+
+* **Unbalanced ``[IMG]``** — the reply ends (eos or ``max_new_tokens``) before ``[/IMG]``: the caption
+  is closed at the end of the reply, the photo is still drawn, and the segment is flagged
+  ``unbalanced=True`` (the LLM clearly meant to share a photo; dropping it would hide that).
+* **Empty caption** — ``[IMG] [/IMG]``: nothing to draw; the segment is kept with ``image=None`` and a
+  note, so callers can see that the model tried to share.
+* **Stray ``[/IMG]``** without an opening ``[IMG]``: dropped from the text, with a note.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from .tokens import IMG_END, IMG_START
+
+
+@dataclass
+class Segment:
+    kind: str                           # "text" or "photo"
+    text: str                           # the utterance, or the photo's caption
+    image: Image.Image | None = None    # the drawn photo (kind == "photo" and caption not empty)
+    unbalanced: bool = False            # [IMG] never closed: caption ran to the end of the reply
+
+
+@dataclass
+class Reply:
+    raw: str                                            # the LLM's decoded output, special tokens kept
+    segments: list[Segment] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # what was repaired (unbalanced, empty, stray)
+
+    @property
+    def text(self) -> str:
+        """The reply's text with each photo shown as [photo: caption]."""
+        parts = [s.text if s.kind == "text" else f"[photo: {s.text}]" for s in self.segments]
+        return " ".join(p for p in parts if p)
+
+    @property
+    def captions(self) -> list[str]:
+        """Captions of the photos the model shared, in order."""
+        return [s.text for s in self.segments if s.kind == "photo"]
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The drawn photos, in order (empty captions draw nothing)."""
+        return [s.image for s in self.segments if s.kind == "photo" and s.image is not None]
+
+    @property
+    def shared_photo(self) -> bool:
+        """Whether the model tried to share a photo in this reply."""
+        return any(s.kind == "photo" for s in self.segments)
+
+
+def parse_reply(raw: str) -> Reply:
+    """Return the Reply structure of a decoded LLM output (no images drawn yet)."""
+    reply, rest = Reply(raw=raw), raw
+    while rest:
+        start, end = rest.find(IMG_START), rest.find(IMG_END)
+        if end != -1 and (start == -1 or end < start):              # stray [/IMG]
+            reply.notes.append("stray [/IMG] without [IMG] dropped")
+            rest = rest[:end] + rest[end + len(IMG_END):]
+            continue
+        if start == -1:
+            _add_text(reply, rest)
+            break
+        _add_text(reply, rest[:start])
+        rest = rest[start + len(IMG_START):]
+        close = rest.find(IMG_END)
+        caption = (rest if close == -1 else rest[:close]).strip()
+        seg = Segment("photo", caption, unbalanced=close == -1)
+        if close == -1:
+            reply.notes.append("unbalanced [IMG]: caption closed at the end of the reply")
+        if not caption:
+            reply.notes.append("empty caption: no photo drawn")
+        reply.segments.append(seg)
+        rest = "" if close == -1 else rest[close + len(IMG_END):]
+    return reply
+
+
+def _add_text(reply: Reply, text: str) -> None:
+    text = " ".join(text.split())
+    if text:
+        reply.segments.append(Segment("text", text))
+
+
+@torch.no_grad()
+def generate(model, context, speaker: str | None = None, max_new_tokens: int = 48, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int = 0, seed: int = 0, draw_images: bool = True,
+             num_inference_steps: int = 20, guidance_scale: float = 3.0) -> Reply:
+    """Return the model's next reply to a multimodal context, with a photo drawn per caption.
+
+    context: a list of turns — `photochat_lib.data.schema.Turn`, or (speaker, str | PIL.Image)
+    pairs, or bare str / PIL.Image items (speakers then alternate A, B, A, … from the first).
+    speaker: who replies (default: the speaker after the last turn).
+    """
+    from .data.collate import encode_prompt
+    model.eval()
+    turns, speaker = _normalise_context(context, speaker)
+    prompt = encode_prompt(model.tokenizer, turns, speaker, image_transform=model.perceptron.preprocess)
+    input_ids = prompt["input_ids"].to(model.device)                            # (1, T)
+    pixels = prompt["context_pixel_values"]
+    embeds = model.input_embeddings(input_ids, pixels, torch.zeros(pixels.shape[0], dtype=torch.long))
+    torch.manual_seed(seed)
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                      pad_token_id=model.tokenizer.pad_token_id, eos_token_id=model.tokenizer.eos_token_id)
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_k=top_k or None)
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), **gen_kwargs)
+    new_ids = [i for i in out[0].tolist() if i not in (model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)]
+    reply = parse_reply(model.tokenizer.decode(new_ids, skip_special_tokens=False,
+                                               clean_up_tokenization_spaces=False))
+    if draw_images:
+        draw_photos(model, reply, num_inference_steps, guidance_scale, seed)
+    return reply
+
+
+def draw_photos(model, reply: Reply, num_inference_steps: int = 20, guidance_scale: float = 3.0,
+                seed: int = 0) -> None:
+    """Draw every non-empty caption of `reply` with the image generator (in place)."""
+    todo = [s for s in reply.segments if s.kind == "photo" and s.text]
+    if not todo:
+        return
+    gen = model.image_generator
+    # §2.5: at inference the caption goes straight to SD; R_SD is the SD tokenizer's one-hot sequence.
+    r_sd = gen.one_hot(gen.tokenize([s.text for s in todo]))                    # (P, n, V_SD)
+    g = torch.Generator(device=gen.unet.device).manual_seed(seed)
+    images = gen.generate(r_sd, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          generator=g)                                           # (P, 3, H, W) in [0, 1]
+    for seg, img in zip(todo, images):
+        arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+        seg.image = Image.fromarray(arr)
+
+
+def _normalise_context(context, speaker):
+    """Return ([Turn], replying speaker) from the accepted context forms."""
+    from .data.schema import Photo, Turn
+    turns = []
+    for k, item in enumerate(context):
+        if isinstance(item, Turn):
+            turns.append(item)
+            continue
+        who, content = item if isinstance(item, tuple) else ("AB"[k % 2], item)
+        if isinstance(content, Image.Image):
+            turns.append(Turn(speaker=who, text=None, photo=Photo(caption="", image=content)))
+        else:
+            turns.append(Turn(speaker=who, text=str(content), photo=None))
+    if speaker is None:
+        last = turns[-1].speaker if turns else "B"
+        speaker = "B" if last == "A" else "A"
+    return turns, speaker

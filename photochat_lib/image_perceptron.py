@@ -1,0 +1,112 @@
+"""The image perceptron (paper §2.3, eq. 3): ViT → Q-Former with 32 learnable queries → LLM tokens.
+
+    H_v = ViT(I)                       eq. (3), first line: patch features of the photo
+    H_v = Q-Former(Q, H_v)             eq. (3), second line: 32 queries cross-attend to the patches
+
+followed by a linear projection into the LLM's embedding space, so a photo of *any* size or mode
+becomes exactly ``num_query_tokens`` (= 32) visual tokens that are spliced into the LLM input where
+the photo stands in the dialogue.
+
+The module is built from transformers' BLIP-2 classes with BLIP-2's own attribute names
+(``vision_model``, ``query_tokens``, ``qformer``, ``language_projection``), so the vision and Q-Former
+weights of ``Salesforce/blip2-opt-2.7b-coco`` load into it with ``from_pretrained``; the OPT language
+model in that checkpoint is ignored, and ``language_projection`` is re-initialised when the LLM's
+width differs from OPT's (it always does for Llama-2: 4096 vs 2560).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import Blip2Config, Blip2PreTrainedModel, Blip2QFormerModel, Blip2VisionModel
+
+# BLIP-2 normalises with OpenAI CLIP's statistics (its image processor's defaults).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImagePerceptron(Blip2PreTrainedModel):
+    """ViT + Q-Former + projection: returns (N, num_query_tokens, llm_hidden) visual tokens."""
+
+    config_class = Blip2Config
+    main_input_name = "pixel_values"
+    # The BLIP-2 checkpoint also holds an OPT model; we never build it, so its keys are expected extras.
+    _keys_to_ignore_on_load_unexpected = [r"language_model\..*"]
+
+    def __init__(self, config: Blip2Config):
+        super().__init__(config)
+        self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(
+            torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))  # (1, 32, Dq)
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        # text_config.hidden_size is set to the *LLM's* width by `build_image_perceptron`.
+        self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+        self.post_init()
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square image the ViT expects."""
+        return self.config.vision_config.image_size
+
+    @property
+    def num_query_tokens(self) -> int:
+        """Number of visual tokens per photo (32 in BLIP-2)."""
+        return self.config.num_query_tokens
+
+    def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """Return visual tokens (N, Q, D_llm); with output_attentions also the Q-Former cross-attentions."""
+        patches = self.vision_model(pixel_values=pixel_values).last_hidden_state   # eq. (3) ViT: (N, P+1, Dv)
+        patch_mask = torch.ones(patches.shape[:-1], dtype=torch.long, device=patches.device)  # (N, P+1)
+        queries = self.query_tokens.expand(patches.shape[0], -1, -1)                # Q: (N, 32, Dq)
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=patches,
+                           encoder_attention_mask=patch_mask,
+                           output_attentions=output_attentions)                      # eq. (3) Q-Former
+        visual = self.language_projection(out.last_hidden_state[:, : queries.shape[1]])  # (N, 32, D_llm)
+        if output_attentions:
+            return visual, out.cross_attentions
+        return visual
+
+    # ----- preprocessing: any PIL image → normalised square tensor -----
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """Return (N, 3, S, S) pixel values for PIL images of any size and mode (RGB, RGBA, L, P…)."""
+        return preprocess_images(images, self.image_size).to(self.device, self.dtype)
+
+
+def preprocess_images(images: list[Image.Image], size: int,
+                      mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """Return (N, 3, size, size): RGB-converted (alpha composited on white), resized, normalised."""
+    out = []
+    for img in images:
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(canvas, rgba)
+        img = img.convert("RGB").resize((size, size), Image.BICUBIC)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
+        out.append(arr)
+    if not out:
+        return torch.zeros(0, 3, size, size)
+    pixels = torch.stack(out)                                                       # (N, 3, S, S)
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+def build_image_perceptron(source: str | os.PathLike | Blip2Config, llm_hidden_size: int,
+                           token: str | None = None, dtype: torch.dtype | None = None) -> ImagePerceptron:
+    """Return an ImagePerceptron: from a Blip2Config (random init) or a hub id / local BLIP-2 folder."""
+    if isinstance(source, Blip2Config):
+        config = source
+        config.text_config.hidden_size = llm_hidden_size
+        return ImagePerceptron(config)
+    config = Blip2Config.from_pretrained(source, token=token)
+    projection_reused = config.text_config.hidden_size == llm_hidden_size
+    config.text_config.hidden_size = llm_hidden_size
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    # ignore_mismatched_sizes: BLIP-2's projection maps into OPT (2560-d); ours maps into the LLM.
+    model = ImagePerceptron.from_pretrained(source, config=config, token=token,
+                                            ignore_mismatched_sizes=not projection_reused, **kwargs)
+    return model

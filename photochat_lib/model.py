@@ -1,0 +1,184 @@
+"""The end-to-end photo-sharing dialogue model (paper §2.5, eq. 13): L = L_t + α·L_v.
+
+One forward pass over a batch (the keys of `photochat_lib.data.collate`):
+
+1. the image perceptron turns every context photo into 32 visual tokens (eq. 3), spliced into the
+   LLM input where the photo stands;
+2. the LLM scores the response (eq. 1–2) → L_t;
+3. at the caption positions (the tokens between ``[IMG]`` and ``[/IMG]``) the logits go through the
+   straight-through Gumbel-softmax (eq. 4–7) → R_LLM, exact one-hots that carry gradient;
+4. the dynamic vocabulary transformation matrix maps them into the SD vocabulary and pools them
+   (eq. 8–10), and eq. (11) hands that gradient to the SD tokenizer's one-hot caption R_SD;
+5. Stable Diffusion's noise-prediction loss on the target photo (eq. 12) → L_v, whose gradient now
+   reaches the LLM through steps 4 → 3.
+
+``mode="pipeline"`` is the baseline of §3.1.4: the caption reaches SD as discrete text (the SD
+tokenizer's one-hots with no link to the LLM), so no gradient of L_v can reach the LLM.
+
+Which caption eq. (11) tokenizes — the paper leaves open whether R_SD (and the sets T_LLM, T_SD of
+eq. 10) come from the *gold* caption or from the caption the LLM *sampled* under teacher forcing.
+``sd_caption_source="gold"`` (default) uses the gold caption: SD always trains on the right text and
+the LLM is pushed towards the gold caption's tokens. ``"sampled"`` decodes the Gumbel samples,
+re-tokenizes them for SD, and builds T_LLM/T_SD from them, so SD sees what the LLM wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .dvtm import dvtm_average, straight_through_sd
+from .image_generator import ImageGenerator
+from .image_perceptron import ImagePerceptron
+from .stgs import gumbel_softmax_st
+from .text_generator import placeholder_id, splice_visual_tokens, text_loss
+
+MODES = ("end2end", "pipeline")
+
+
+@dataclass
+class PhotoChatConfig:
+    mode: str = "end2end"              # "end2end" (gradient LLM ← SD) or "pipeline" (baseline, §3.1.4)
+    alpha: float = 1.0                 # α of eq. (13); the paper uses 1
+    dvtm_impl: str = "batched"         # "dense" | "sparse" | "batched" (eq. 9–10 implementations)
+    sd_caption_source: str = "gold"    # "gold" | "sampled": which caption eq. (11) tokenizes
+    preset: str = "toy"                # the preset the model was built from (informational)
+    extra: dict = field(default_factory=dict)  # free-form notes saved with the model
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.sd_caption_source not in ("gold", "sampled"):
+            raise ValueError(f"sd_caption_source must be 'gold' or 'sampled', got {self.sd_caption_source!r}")
+
+
+@dataclass
+class PhotoChatOutput:
+    loss: torch.Tensor                 # L = L_t + α L_v (eq. 13)
+    text_loss: torch.Tensor            # L_t (eq. 2)
+    image_loss: torch.Tensor           # L_v (eq. 12); 0 when the batch shares no photo
+    logits: torch.Tensor               # (B, T, |V_LLM|)
+    sampled_captions: list[str] | None = None  # the STGS captions decoded (for inspection)
+
+
+class PhotoChatModel(nn.Module):
+    """LLM + image perceptron + image generator, trained jointly with L = L_t + α L_v."""
+
+    def __init__(self, llm, tokenizer, perceptron: ImagePerceptron, image_generator: ImageGenerator,
+                 config: PhotoChatConfig | None = None):
+        super().__init__()
+        self.llm, self.tokenizer = llm, tokenizer
+        self.perceptron, self.image_generator = perceptron, image_generator
+        self.config = config or PhotoChatConfig()
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the LLM's parameters."""
+        return self.llm.get_input_embeddings().weight.device
+
+    # ----- step 1–2: perception and text -----
+    def input_embeddings(self, input_ids, context_pixel_values, context_image_batch_index):
+        """Return (B, T, D) LLM input embeddings with the context photos' visual tokens spliced in."""
+        embeds = self.llm.get_input_embeddings()(input_ids)                          # (B, T, D)
+        if context_pixel_values is None or context_pixel_values.shape[0] == 0:
+            return embeds
+        pixels = context_pixel_values.to(self.perceptron.device, self.perceptron.dtype)
+        visual = self.perceptron(pixels)                                             # (N, 32, D) eq. (3)
+        return splice_visual_tokens(embeds, input_ids, placeholder_id(self.tokenizer),
+                                    visual, context_image_batch_index.to(input_ids.device))
+
+    # ----- step 3: the caption logits -----
+    @staticmethod
+    def caption_logits(logits: torch.Tensor, caption_positions: torch.Tensor, n_captions: int):
+        """Return ((N_cap, m, V) logits that predict each caption token, (N_cap, m) bool mask)."""
+        rows, cols = (caption_positions >= 0).nonzero(as_tuple=True)                 # label positions
+        caps = caption_positions[rows, cols]                                          # caption index
+        order = torch.argsort(caps * caption_positions.shape[1] + cols)               # by caption, then position
+        rows, cols, caps = rows[order], cols[order], caps[order]
+        counts = torch.bincount(caps, minlength=n_captions)                           # (N_cap,)
+        m = int(counts.max()) if counts.numel() else 0
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(caps.numel(), device=caps.device) - starts[caps]          # rank within caption
+        out = logits.new_zeros(n_captions, m, logits.shape[-1])                       # (N_cap, m, V)
+        out[caps, slot] = logits[rows, cols - 1]          # logits at p-1 predict the label at p
+        mask = torch.zeros(n_captions, m, dtype=torch.bool, device=logits.device)
+        mask[caps, slot] = True
+        return out, mask
+
+    # ----- step 3–5: the image loss -----
+    def image_loss(self, logits, batch, tau: float, generator: torch.Generator | None = None):
+        """Return (L_v, sampled captions or None) for the batch's target photos."""
+        gen = self.image_generator
+        targets = batch["target_pixel_values"]
+        if targets.shape[0] == 0:
+            return logits.sum() * 0.0, None
+        targets = targets.to(gen.unet.device, gen.unet.dtype)
+        if self.config.mode == "pipeline":
+            # §3.1.4: discrete text into SD — the one-hots have no path back to the LLM.
+            r_sd = gen.one_hot(batch["sd_input_ids"].to(gen.unet.device))
+            return gen.image_loss(r_sd, targets, generator), None
+        cap_logits, mask = self.caption_logits(logits, batch["caption_positions"].to(logits.device),
+                                               targets.shape[0])                    # (N, m, V1)
+        r_llm = gumbel_softmax_st(cap_logits.float(), tau, generator=generator)     # eq. (4)–(7)
+        sampled = None
+        if self.config.sd_caption_source == "gold":
+            llm_ids, sd_ids = batch["llm_caption_ids"], batch["sd_caption_ids"]
+            sd_input_ids = batch["sd_input_ids"].to(gen.unet.device)
+        else:
+            sampled, llm_ids, sd_ids, sd_input_ids = self._retokenize(r_llm, mask)
+        avg = dvtm_average(r_llm, [t.to(r_llm.device) for t in llm_ids], [t.to(r_llm.device) for t in sd_ids],
+                           gen.vocab_size, impl=self.config.dvtm_impl, r_mask=mask)  # eq. (9)–(10): (N, V2)
+        r_sd = straight_through_sd(gen.one_hot(sd_input_ids).to(avg.dtype), avg)     # eq. (11): (N, n, V2)
+        return gen.image_loss(r_sd, targets, generator), sampled                    # eq. (12)
+
+    def _retokenize(self, r_llm: torch.Tensor, mask: torch.Tensor):
+        """Decode the sampled one-hots and re-tokenize them for SD (sd_caption_source='sampled')."""
+        gen = self.image_generator
+        tokens = r_llm.detach().argmax(-1)                                           # (N, m)
+        texts, llm_ids, sd_ids = [], [], []
+        for row, keep in zip(tokens, mask):
+            ids = row[keep]
+            texts.append(self.tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip())
+            llm_ids.append(ids)
+            sd = gen.tokenizer(texts[-1], add_special_tokens=False).input_ids[: gen.max_length - 2]
+            sd_ids.append(torch.tensor(sd, dtype=torch.long))
+        return texts, llm_ids, sd_ids, gen.tokenize(texts)
+
+    def forward(self, batch: dict, tau: float = 1.0, generator: torch.Generator | None = None) -> PhotoChatOutput:
+        """Return the losses of eq. (13) for one collated batch at Gumbel temperature tau."""
+        input_ids = batch["input_ids"].to(self.device)
+        embeds = self.input_embeddings(input_ids, batch.get("context_pixel_values"),
+                                       batch.get("context_image_batch_index"))
+        out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device))
+        logits = out.logits                                                           # (B, T, V1) eq. (1)
+        lt = text_loss(logits, batch["labels"].to(self.device))                       # eq. (2)
+        lv, sampled = self.image_loss(logits, batch, tau, generator)
+        loss = lt + self.config.alpha * lv.to(lt.device)                              # eq. (13)
+        return PhotoChatOutput(loss, lt, lv, logits, sampled)
+
+    # ----- persistence: one folder per component, each in its upstream repo layout -----
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write llm/ (model + tokenizer), perceptron/, sd/ (diffusers layout) and photochat.json."""
+        os.makedirs(path, exist_ok=True)
+        self.llm.save_pretrained(os.path.join(path, "llm"))
+        self.tokenizer.save_pretrained(os.path.join(path, "llm"))
+        self.perceptron.save_pretrained(os.path.join(path, "perceptron"))
+        self.image_generator.save_pretrained(os.path.join(path, "sd"))
+        tmp = os.path.join(path, "photochat.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self.config), f, indent=2)
+        os.replace(tmp, os.path.join(path, "photochat.json"))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "PhotoChatModel":
+        """Load a folder written by `save_pretrained` (through the same loaders as the hub presets)."""
+        from .presets import load_components
+        with open(os.path.join(path, "photochat.json")) as f:
+            config = PhotoChatConfig(**{**json.load(f), **overrides})
+        llm, tok, perceptron, gen = load_components(
+            llm=os.path.join(path, "llm"), perceptron=os.path.join(path, "perceptron"),
+            sd=os.path.join(path, "sd"))
+        return cls(llm, tok, perceptron, gen, config)

@@ -1,0 +1,139 @@
+"""Presets: which LLM, which BLIP-2, which Stable Diffusion — and one loader for all of them.
+
+* ``toy``   — tiny architectures built from the configs below with the package's own two toy
+  tokenizers (a Llama-style and a CLIP-style BPE with genuinely different vocabularies); runs on
+  any CPU in seconds, offline. If trained toy checkpoints are present they are loaded instead.
+* ``colab`` — fits a 16 GB T4: TinyLlama-1.1B-Chat (a Llama, so the same code path), BLIP-2's ViT +
+  Q-Former, Stable Diffusion 2.1 base, fp16.
+* ``paper`` — the paper's recipe (§3.1.2): Llama-2-7b-chat-hf, the vision encoder and Q-Former of
+  blip2-opt-2.7b-coco, stable-diffusion-2-1-base; a V100 (32 GB).
+
+Every source may be a hub id or a local folder in the upstream layout. An HF token is read from
+``HF_TOKEN`` (or ``HUGGING_FACE_HUB_TOKEN``) and passed to ``from_pretrained``; it is never printed
+or saved. ``load_components`` is *the* loading path: tests exercise it offline by saving tiny models
+in the same layouts to a temporary folder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import (Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, CLIPTextConfig,
+                          CLIPTextModel, LlamaConfig)
+
+from .image_generator import ImageGenerator
+from .image_perceptron import build_image_perceptron
+from .text_generator import load_llm
+from .tokens import NUM_VISUAL_TOKENS
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str                       # "toy" | "colab" | "paper"
+    llm: str | None                 # hub id / folder of a Llama-family chat LLM; None = toy config
+    perceptron: str | None          # hub id / folder of a BLIP-2 checkpoint; None = toy config
+    sd: str | None                  # hub id / folder of a Stable Diffusion repo; None = toy config
+    dtype: str = "float32"          # weight dtype of frozen parts when loading ("float16" on GPUs)
+    image_size: int = 224           # side of the photos the ViT sees
+    sd_resolution: int = 512        # side of the photos SD draws and is trained on
+    max_length: int = 1024          # LLM tokens per sample (context + response, visual tokens included)
+
+
+PRESETS = {
+    "toy": Preset("toy", None, None, None, image_size=32, sd_resolution=32, max_length=384),
+    "colab": Preset("colab", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "Salesforce/blip2-opt-2.7b-coco",
+                    "stabilityai/stable-diffusion-2-1-base", dtype="float16", max_length=768),
+    "paper": Preset("paper", "meta-llama/Llama-2-7b-chat-hf", "Salesforce/blip2-opt-2.7b-coco",
+                    "stabilityai/stable-diffusion-2-1-base", dtype="float16", max_length=1024),
+}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    """Return the named preset, with any of its fields (e.g. llm='/path/to/llama') overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def hf_token() -> str | None:
+    """Return the HF token from the environment (never logged)."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+
+# ----- the toy architectures (nanoGPT-small: seconds per step on a laptop CPU) -----
+def toy_llm_config(vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> LlamaConfig:
+    """Return a 2-layer, 128-wide Llama config."""
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                       pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                       tie_word_embeddings=False)
+
+
+def toy_blip2_config(image_size: int = 32) -> Blip2Config:
+    """Return a BLIP-2 config: 2-layer ViT on 8×8 patches, 2-layer Q-Former with 32 queries."""
+    vision = Blip2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=image_size, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, encoder_hidden_size=64, cross_attention_frequency=1,
+                                 vocab_size=64, max_position_embeddings=64)
+    return Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                       num_query_tokens=NUM_VISUAL_TOKENS)
+
+
+def toy_image_generator(sd_tokenizer, resolution: int = 32) -> ImageGenerator:
+    """Return a tiny SD: 2-layer CLIP text encoder, 2-level UNet on 8×8 latents, 3-level VAE (÷4)."""
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(sd_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=sd_tokenizer.model_max_length,
+        bos_token_id=sd_tokenizer.bos_token_id, eos_token_id=sd_tokenizer.eos_token_id,
+        pad_token_id=sd_tokenizer.pad_token_id))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=resolution,
+                        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    unet = UNet2DConditionModel(sample_size=resolution // 4, in_channels=4, out_channels=4,
+                                block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=16,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=64, attention_head_dim=16)
+    # The same noise schedule as stable-diffusion-2-1-base (scaled-linear betas, ε-prediction).
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type="epsilon", clip_sample=False)
+    return ImageGenerator(text_encoder, sd_tokenizer, unet, vae, scheduler)
+
+
+def build_toy_components(seed: int = 0):
+    """Return (llm, llm_tokenizer, perceptron, image_generator) of the toy preset, randomly initialised."""
+    from .toy_tokenizers import build_llm_tokenizer, build_sd_tokenizer
+    tokenizer, sd_tokenizer = build_llm_tokenizer(), build_sd_tokenizer()
+    torch.manual_seed(seed)
+    llm, tokenizer = load_llm(toy_llm_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                             tokenizer.eos_token_id), tokenizer)
+    perceptron = build_image_perceptron(toy_blip2_config(PRESETS["toy"].image_size), llm.config.hidden_size)
+    generator = toy_image_generator(sd_tokenizer, PRESETS["toy"].sd_resolution)
+    return llm, tokenizer, perceptron, generator
+
+
+def load_components(llm: str, perceptron: str, sd: str, dtype: torch.dtype | None = None,
+                    token: str | None = None):
+    """Return (llm, tokenizer, perceptron, image_generator) from hub ids or local folders."""
+    token = token if token is not None else hf_token()
+    model, tokenizer = load_llm(llm, token=token, dtype=dtype)
+    vision = build_image_perceptron(perceptron, model.config.hidden_size, token=token, dtype=dtype)
+    generator = ImageGenerator.from_pretrained(sd, token=token, dtype=dtype)
+    return model, tokenizer, vision, generator
+
+
+def build_model(preset: str | Preset = "toy", seed: int = 0, model_config=None, **overrides):
+    """Return a PhotoChatModel for a preset: toy from configs, colab/paper through `load_components`."""
+    from .model import PhotoChatConfig, PhotoChatModel
+    p = preset if isinstance(preset, Preset) else get_preset(preset, **overrides)
+    config = model_config or PhotoChatConfig(preset=p.name)
+    if p.llm is None and p.perceptron is None and p.sd is None:
+        parts = build_toy_components(seed)
+    elif None in (p.llm, p.perceptron, p.sd):
+        raise ValueError(f"preset {p.name!r}: llm, perceptron and sd must all be given (or none, for toy)")
+    else:
+        parts = load_components(p.llm, p.perceptron, p.sd, dtype=getattr(torch, p.dtype))
+    return PhotoChatModel(*parts, config=config)

@@ -1,0 +1,62 @@
+"""The image generator (eq. 12): one-hot captions through CLIP, the diffusion loss, guided sampling."""
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from photochat_lib.image_generator import ImageGenerator
+from photochat_lib.presets import build_toy_components
+
+
+@pytest.fixture(scope="module")
+def gen():
+    torch.manual_seed(0)
+    return build_toy_components(seed=0)[3]
+
+
+def test_onehot_encoding_equals_text_encoder_forward(gen):
+    ids = gen.tokenize(["red circle, blue square", "", "a green triangle on the left"])
+    reference = gen.text_encoder(input_ids=ids).last_hidden_state
+    ours = gen.encode_onehot(gen.one_hot(ids))
+    assert torch.allclose(ours, reference, atol=1e-6, rtol=0)
+
+
+def test_image_loss_gradient_flows_into_the_onehots(gen):
+    ids = gen.tokenize(["red circle", "blue square"])
+    r_sd = gen.one_hot(ids).requires_grad_(True)
+    target = torch.rand(2, 3, 32, 32) * 2 - 1
+    loss = gen.image_loss(r_sd, target, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(loss)
+    assert r_sd.grad.abs().sum() > 0, "eq. (12) must be differentiable w.r.t. R_SD"
+    assert all(p.grad is None for p in gen.vae.parameters()), "the VAE is frozen"
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_image_loss_regresses_on_the_schedulers_target(gen, kind):
+    """With a UNet that outputs exactly the target, L_v is 0 for every prediction_type."""
+    sched = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=kind)
+    seen = {}
+
+    class Oracle(torch.nn.Module):
+        def forward(self, zt, t, encoder_hidden_states):
+            g = torch.Generator().manual_seed(7)   # replay image_loss's draws: VAE sample, then noise
+            z0 = gen.encode_images(target, g)
+            noise = torch.randn(z0.shape, generator=g)
+            truth = {"epsilon": noise, "v_prediction": sched.get_velocity(z0, noise, t), "sample": z0}[kind]
+            seen["ok"] = True
+            return type("Out", (), {"sample": truth})()
+
+    oracle = ImageGenerator(gen.text_encoder, gen.tokenizer, Oracle(), gen.vae, sched)
+    target = torch.rand(2, 3, 32, 32) * 2 - 1
+    loss = oracle.image_loss(gen.one_hot(gen.tokenize(["a", "b"])), target, generator=torch.Generator().manual_seed(7))
+    assert seen["ok"] and loss.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_generate_returns_images_in_unit_range(gen):
+    r_sd = gen.one_hot(gen.tokenize(["red circle", "blue square"]))
+    imgs = gen.generate(r_sd, num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert imgs.shape == (2, 3, 32, 32)
+    assert imgs.min() >= 0 and imgs.max() <= 1
+    again = gen.generate(r_sd, num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(imgs, again), "sampling is seeded"

@@ -1,0 +1,103 @@
+"""The real-model loading path (colab / paper presets), exercised offline: tiny models are saved in the
+upstream layouts (a Llama repo, a BLIP-2 repo with its OPT, a diffusers SD repo) to a temp folder and
+loaded through `load_components` / `build_model` — the same functions that take hub ids."""
+import pytest
+import torch
+from diffusers import PNDMScheduler, StableDiffusionPipeline
+from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
+                          LlamaForCausalLM, OPTConfig)
+
+from photochat_lib.presets import build_model, build_toy_components, get_preset, load_components, toy_llm_config
+from photochat_lib.tokens import SPECIAL_TOKENS
+from photochat_lib.toy_tokenizers import toy_corpus
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+
+@pytest.fixture(scope="module")
+def hub_like(tmp_path_factory):
+    """Write a Llama repo (no [IMG] tokens, like Llama-2), a BLIP-2 repo and an SD repo."""
+    root = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    # Llama-2-like: a tokenizer without our special tokens and without a pad token
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.train_from_iterator(toy_corpus(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert tok.pad_token is None and "[IMG]" not in tok.get_vocab()
+    llm = LlamaForCausalLM(toy_llm_config(len(tok), 0, tok.bos_token_id, tok.eos_token_id))
+    llm.save_pretrained(root / "llama"), tok.save_pretrained(root / "llama")
+    # BLIP-2 with its own (OPT) language model, as Salesforce/blip2-opt-2.7b-coco ships it
+    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                               image_size=32, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 encoder_hidden_size=32, vocab_size=64, max_position_embeddings=64)
+    opt = OPTConfig(hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50,
+                    word_embed_proj_dim=16)
+    blip2 = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                                                      text_config=opt.to_dict(), num_query_tokens=32))
+    blip2.save_pretrained(root / "blip2")
+    # Stable Diffusion repo layout, with the PNDM scheduler stable-diffusion-2-1-base ships
+    _, _, _, gen = build_toy_components(seed=1)
+    pipe = StableDiffusionPipeline(vae=gen.vae, text_encoder=gen.text_encoder, tokenizer=gen.tokenizer,
+                                   unet=gen.unet, scheduler=PNDMScheduler.from_config(gen.scheduler.config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "sd")
+    return root, llm, blip2, gen
+
+
+def test_load_components_from_upstream_layouts(hub_like):
+    root, llm_ref, blip2_ref, gen_ref = hub_like
+    llm, tok, perceptron, gen = load_components(str(root / "llama"), str(root / "blip2"), str(root / "sd"))
+    # [IMG], [/IMG], <image> added as single special tokens, embeddings resized, pad token set
+    assert all(len(tok.tokenize(t)) == 1 for t in SPECIAL_TOKENS)
+    n_saved = llm_ref.get_input_embeddings().num_embeddings
+    assert llm.get_input_embeddings().num_embeddings == len(tok) == n_saved + len(SPECIAL_TOKENS)
+    assert tok.pad_token == "<unk>"  # Llama-2 has no pad token: <unk> is reused, no extra row
+    # the LLM's original weights are the saved ones
+    ref = llm_ref.state_dict()
+    n_old = ref["model.embed_tokens.weight"].shape[0]
+    assert torch.equal(llm.get_input_embeddings().weight[:n_old], ref["model.embed_tokens.weight"])
+    assert torch.equal(llm.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+                       ref["model.layers.0.self_attn.q_proj.weight"])
+    # vision + Q-Former + queries come from the BLIP-2 checkpoint; the projection maps into the LLM
+    blip = blip2_ref.state_dict()
+    for name, value in perceptron.state_dict().items():
+        if not name.startswith("language_projection"):
+            assert torch.equal(value, blip[name]), name
+    assert perceptron.language_projection.out_features == llm.config.hidden_size
+    # Stable Diffusion: all four models load; training uses the DDPM forward process on SD's betas
+    for part in ("text_encoder", "unet", "vae"):
+        a, b = getattr(gen, part).state_dict(), getattr(gen_ref, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert type(gen.scheduler).__name__ == "DDPMScheduler"
+    assert gen.scheduler.config.prediction_type == "epsilon"
+
+
+def test_build_model_with_local_folders_runs_a_forward_pass(hub_like):
+    root = hub_like[0]
+    model = build_model("paper", llm=str(root / "llama"), perceptron=str(root / "blip2"), sd=str(root / "sd"))
+    model = model.float()  # the paper preset loads fp16; CPU test in fp32
+    from tests.test_model import hand_batch
+    batch = hand_batch(model)
+    out = model(batch, tau=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and out.image_loss > 0
+    assert model.config.preset == "paper"
+
+
+def test_presets_name_the_papers_models_and_reject_unknown():
+    p = get_preset("paper")
+    assert p.llm == "meta-llama/Llama-2-7b-chat-hf"
+    assert p.perceptron == "Salesforce/blip2-opt-2.7b-coco"
+    assert p.sd == "stabilityai/stable-diffusion-2-1-base"
+    assert get_preset("paper", llm="/models/llama").llm == "/models/llama"
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+
+
+def test_hf_token_is_passed_but_never_printed(monkeypatch, capsys, hub_like):
+    root = hub_like[0]
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    load_components(str(root / "llama"), str(root / "blip2"), str(root / "sd"))
+    captured = capsys.readouterr()
+    assert "hf_secret_value_123" not in captured.out + captured.err
