@@ -98,13 +98,18 @@ def generate(model, context, speaker: str | None = None, max_new_tokens: int = 4
     pairs, or bare str / PIL.Image items (speakers then alternate A, B, A, … from the first).
     speaker: who replies (default: the speaker after the last turn).
     """
-    from .data.collate import encode_prompt
+    from .data.collate import Collator
+    from .data.images import load_image
     model.eval()
-    turns, speaker = _normalise_context(context, speaker)
-    prompt = encode_prompt(model.tokenizer, turns, speaker, image_transform=model.perceptron.preprocess)
+    turns, speaker, images = _normalise_context(context, speaker)
+    collator = Collator(model.tokenizer, model.image_generator.tokenizer, image_transform=None,
+                        sd_image_transform=None, max_length=model.llm.config.max_position_embeddings)
+    prompt = collator.encode_prompt(turns, speaker, max_new_tokens=max_new_tokens)
     input_ids = prompt["input_ids"].to(model.device)                            # (1, T)
-    pixels = prompt["context_pixel_values"]
-    embeds = model.input_embeddings(input_ids, pixels, torch.zeros(pixels.shape[0], dtype=torch.long))
+    kept = [t for t in prompt["context"] if t.photo is not None]                # photos that still fit
+    pil = [images.get(id(t)) or load_image(t.photo) for t in kept]
+    pixels = model.perceptron.preprocess(pil)                                   # (N, 3, S, S)
+    embeds = model.input_embeddings(input_ids, pixels, torch.zeros(len(pil), dtype=torch.long))
     torch.manual_seed(seed)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                       pad_token_id=model.tokenizer.pad_token_id, eos_token_id=model.tokenizer.eos_token_id)
@@ -137,19 +142,22 @@ def draw_photos(model, reply: Reply, num_inference_steps: int = 20, guidance_sca
 
 
 def _normalise_context(context, speaker):
-    """Return ([Turn], replying speaker) from the accepted context forms."""
+    """Return ([Turn], replying speaker, {id(turn): in-memory PIL image}) from the accepted forms."""
     from .data.schema import Photo, Turn
-    turns = []
+    turns, images = [], {}
     for k, item in enumerate(context):
         if isinstance(item, Turn):
             turns.append(item)
             continue
         who, content = item if isinstance(item, tuple) else ("AB"[k % 2], item)
         if isinstance(content, Image.Image):
-            turns.append(Turn(speaker=who, text=None, photo=Photo(caption="", image=content)))
+            turn = Turn(speaker=who, photo=Photo(caption="a photo the user sent"))
+            images[id(turn)] = content
         else:
-            turns.append(Turn(speaker=who, text=str(content), photo=None))
+            turn = Turn(speaker=who, text=str(content))
+        turns.append(turn)
     if speaker is None:
-        last = turns[-1].speaker if turns else "B"
-        speaker = "B" if last == "A" else "A"
-    return turns, speaker
+        speakers = list(dict.fromkeys(t.speaker for t in turns)) or ["A"]
+        others = [s for s in speakers + ["A", "B"] if s != turns[-1].speaker] if turns else ["A"]
+        speaker = others[0]
+    return turns, speaker, images

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from transformers import Blip2Config, Blip2PreTrainedModel, Blip2QFormerModel, Blip2VisionModel
 
-# BLIP-2 normalises with OpenAI CLIP's statistics (its image processor's defaults).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .data.images import image_transform
+
 
 
 class ImagePerceptron(Blip2PreTrainedModel):
@@ -69,30 +67,12 @@ class ImagePerceptron(Blip2PreTrainedModel):
             return visual, out.cross_attentions
         return visual
 
-    # ----- preprocessing: any PIL image → normalised square tensor -----
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Return (N, 3, S, S) pixel values for PIL images of any size and mode (RGB, RGBA, L, P…)."""
-        return preprocess_images(images, self.image_size).to(self.device, self.dtype)
-
-
-def preprocess_images(images: list[Image.Image], size: int,
-                      mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """Return (N, 3, size, size): RGB-converted (alpha composited on white), resized, normalised."""
-    out = []
-    for img in images:
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(canvas, rgba)
-        img = img.convert("RGB").resize((size, size), Image.BICUBIC)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-        out.append(arr)
-    if not out:
-        return torch.zeros(0, 3, size, size)
-    pixels = torch.stack(out)                                                       # (N, 3, S, S)
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
-    return (pixels - mean_t) / std_t
+        transform = image_transform(self.image_size)   # BLIP-2's resize + CLIP normalisation
+        if not images:
+            return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
+        return torch.stack([transform(img) for img in images]).to(self.device, self.dtype)
 
 
 def build_image_perceptron(source: str | os.PathLike | Blip2Config, llm_hidden_size: int,

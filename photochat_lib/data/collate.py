@@ -1,0 +1,208 @@
+"""Samples -> model batches: the chat layout, label masking, visual placeholders and caption targets.
+
+**Text layout.** Speakers get tags "A", "B", ... in order of first appearance in the dialogue. Every
+turn is one line ``"<tag>:" + body + "\\n"``, where body is ``" " + text`` for a text turn,
+``NUM_VISUAL_TOKENS`` copies of ``<image>`` for a context photo (replaced by the perceptron's visual
+tokens, eq. 3) and ``"[IMG] caption[/IMG]"`` for a response photo (§2.2). The sequence is::
+
+    <s> A: hi\\n B: look\\n B:<image>...<image>\\n A: nice!\\n B: [response ...] </s>
+        '------------------ context U ------------------'  '-'  '--- scored ---'
+
+The responder's first tag ``"B:"`` is the prompt; everything after it (later turns of the run with
+their tags, the captions with [IMG]/[/IMG], and eos) is scored by the text loss (eq. 2); the rest is
+``IGNORE_INDEX``. Too long? Whole context turns are dropped, oldest first (never half a caption or
+half a placeholder run, and their photos go too); if the response alone does not fit, DataError.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from photochat_lib.data.images import load_image
+from photochat_lib.data.samples import Sample
+from photochat_lib.data.schema import DataError, Photo, Turn
+from photochat_lib.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START, NUM_VISUAL_TOKENS
+
+
+class PhotoChatDataset(Dataset):
+    """Samples with their context and target images loaded (``image_loader(photo) -> PIL image``)."""
+
+    def __init__(self, samples: list[Sample], image_loader: Callable[[Photo], Image.Image] = load_image):
+        self.samples = samples
+        self.image_loader = image_loader
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, photo: Photo, sample: Sample) -> Image.Image:
+        """Return the photo's image, or raise DataError naming the sample."""
+        try:
+            return self.image_loader(photo)
+        except Exception as e:
+            raise DataError("bad_image", f"cannot load image {photo.path or photo.url!r}: {e}",
+                            dialogue_id=sample.dialogue_id, field=f"sample {sample.id}") from e
+
+    def __getitem__(self, i: int) -> dict:
+        """Return {"sample", "context_images", "target_images"} (images in order of appearance)."""
+        s = self.samples[i]
+        return {"sample": s, "context_images": [self._load(p, s) for p in s.context_photos()],
+                "target_images": [self._load(p, s) for p in s.target_photos()]}
+
+
+def _tags(sample: Sample) -> dict[str, str]:
+    """Return speaker -> tag ("A", "B", ...) in order of first appearance."""
+    return {sp: chr(ord("A") + k) if k < 26 else f"S{k}" for k, sp in enumerate(sample.speakers)}
+
+
+class Collator:
+    """Build the batch contract documented in the module (see keys in :meth:`__call__`)."""
+
+    def __init__(self, llm_tokenizer, sd_tokenizer, image_transform: Callable, sd_image_transform: Callable,
+                 max_length: int = 512, num_visual_tokens: int = NUM_VISUAL_TOKENS):
+        self.llm = llm_tokenizer                   # Llama-style tokenizer with [IMG] [/IMG] <image>
+        self.sd = sd_tokenizer                     # CLIP tokenizer of the diffusion model
+        self.image_transform = image_transform     # PIL -> (3, H, W), perceptron input
+        self.sd_image_transform = sd_image_transform  # PIL -> (3, H', W') in [-1, 1], image-loss target
+        self.max_length = max_length               # longest sequence, bos and eos included
+        self.num_visual_tokens = num_visual_tokens  # <image> placeholders per context photo
+        self.image_id = llm_tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        self.pad_id = llm_tokenizer.pad_token_id if llm_tokenizer.pad_token_id is not None else llm_tokenizer.eos_token_id
+        for tok in (IMG_START, IMG_END, IMAGE_PLACEHOLDER):
+            if len(llm_tokenizer.tokenize(tok)) != 1:
+                raise ValueError(f"the LLM tokenizer must keep {tok} as one special token")
+
+    # ---- text ---------------------------------------------------------------------------------
+    def _render(self, sample: Sample, context: list[Turn]) -> tuple[str, int, list[tuple[int, int]], list[int]]:
+        """Return (text, response start char, caption char spans, context turn start chars)."""
+        tags = _tags(sample)
+        parts, turn_starts = [], []
+        pos = 0
+        for t in context:
+            turn_starts.append(pos)
+            body = IMAGE_PLACEHOLDER * self.num_visual_tokens if t.photo is not None else " " + t.text
+            parts.append(f"{tags[t.speaker]}:{body}\n")
+            pos += len(parts[-1])
+        parts.append(f"{tags[sample.speaker]}:")  # the prompt: who answers
+        pos += len(parts[-1])
+        response_start, spans = pos, []
+        for k, t in enumerate(sample.response):
+            line = "" if k == 0 else f"\n{tags[t.speaker]}:"
+            if t.photo is not None:
+                line += IMG_START
+                spans.append((pos + len(line), pos + len(line) + 1 + len(t.photo.caption)))
+                line += f" {t.photo.caption}{IMG_END}"
+            else:
+                line += " " + t.text
+            parts.append(line)
+            pos += len(line)
+        return "".join(parts), response_start, spans, turn_starts
+
+    def _encode(self, text: str) -> tuple[list[int], list[int]]:
+        """Return (ids, start offsets) of text with bos prepended (bos offset -1)."""
+        enc = self.llm(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, starts = list(enc["input_ids"]), [a for a, _ in enc["offset_mapping"]]
+        if self.llm.bos_token_id is not None:
+            ids, starts = [self.llm.bos_token_id] + ids, [-1] + starts
+        return ids, starts
+
+    def encode(self, sample: Sample) -> dict:
+        """Return one sample's ids, labels, caption positions (local) and the kept context turns."""
+        drop = 0
+        while True:
+            context = sample.context[drop:]
+            text, resp_start, spans, turn_starts = self._render(sample, context)
+            ids, starts = self._encode(text)
+            n = len(ids) + 1  # + eos
+            if n <= self.max_length:
+                break
+            if drop >= len(sample.context):
+                raise DataError("too_long", f"the response alone needs {n} tokens > max_length "
+                                f"{self.max_length}", dialogue_id=sample.dialogue_id, field=f"sample {sample.id}")
+            # drop the fewest oldest turns that can make it fit (re-checked on the next pass)
+            excess = n - self.max_length
+            first_tok = [next(i for i, s in enumerate(starts) if s >= c) for c in turn_starts[1:]]
+            drop += next((k + 1 for k, ft in enumerate(first_tok) if ft - 1 >= excess), len(context))
+        ids.append(self.llm.eos_token_id)
+        starts.append(len(text))
+        labels = [t if s >= resp_start else IGNORE_INDEX for t, s in zip(ids, starts)]
+        cap = [-1] * len(ids)
+        for j, (a, b) in enumerate(spans):
+            for i, s in enumerate(starts):
+                if a <= s < b and ids[i] != self.image_id:
+                    cap[i] = j
+        n_placeholders = sum(t.photo is not None for t in context) * self.num_visual_tokens
+        assert ids.count(self.image_id) == n_placeholders, "an <image> placeholder was split or merged"
+        return {"input_ids": ids, "labels": labels, "caption_positions": cap, "context": context}
+
+    def encode_prompt(self, context: list[Turn], speaker: str, max_new_tokens: int = 0) -> dict:
+        """Return the generation prompt: ids of the context plus the responder's tag, and the kept turns.
+
+        Uses the training layout exactly (via `encode` on a one-token probe response), so inference
+        sees what training saw; oldest turns are dropped until the prompt + `max_new_tokens` fit.
+        """
+        speakers = tuple(dict.fromkeys([t.speaker for t in context] + [speaker]))
+        probe = Sample(id="prompt", dialogue_id="prompt", context=list(context),
+                       response=[Turn(speaker=speaker, text=".")], speakers=speakers)
+        saved, self.max_length = self.max_length, self.max_length - max_new_tokens
+        try:
+            e = self.encode(probe)
+        finally:
+            self.max_length = saved
+        start = next(i for i, lab in enumerate(e["labels"]) if lab != IGNORE_INDEX)  # first response token
+        return {"input_ids": torch.tensor([e["input_ids"][:start]]), "context": e["context"]}
+
+    # ---- batch --------------------------------------------------------------------------------
+    def _empty(self, transform: Callable) -> torch.Tensor:
+        """Return a (0, 3, H, W) tensor shaped like transform's output."""
+        return transform(Image.new("RGB", (64, 64))).unsqueeze(0)[:0]
+
+    def __call__(self, items: list[dict]) -> dict:
+        """Return the batch dict (keys and shapes in the docstring of this module's contract)."""
+        encoded = [self.encode(it["sample"]) for it in items]
+        T = max(len(e["input_ids"]) for e in encoded)
+        B = len(items)
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)       # (B, T)
+        attention_mask = torch.zeros((B, T), dtype=torch.long)              # (B, T)
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)         # (B, T)
+        caption_positions = torch.full((B, T), -1, dtype=torch.long)        # (B, T)
+        ctx_pix, ctx_idx, tgt_pix, tgt_idx, captions, llm_caps = [], [], [], [], [], []
+        for b, (it, e) in enumerate(zip(items, encoded)):
+            n = len(e["input_ids"])
+            input_ids[b, :n] = torch.tensor(e["input_ids"])
+            attention_mask[b, :n] = 1
+            labels[b, :n] = torch.tensor(e["labels"])
+            # context photos of the kept turns only: the dropped ones are the first images
+            n_dropped = len(it["sample"].context_photos()) - sum(t.photo is not None for t in e["context"])
+            for img in it["context_images"][n_dropped:]:
+                ctx_pix.append(self.image_transform(img))
+                ctx_idx.append(b)
+            cap = torch.tensor(e["caption_positions"])
+            offset = len(captions)
+            for j, (photo, img) in enumerate(zip(it["sample"].target_photos(), it["target_images"])):
+                tgt_pix.append(self.sd_image_transform(img))
+                tgt_idx.append(b)
+                captions.append(photo.caption)
+                llm_caps.append(input_ids[b, :n][cap == j].clone())  # T_LLM tokens (eq. 10)
+            caption_positions[b, :n] = torch.where(cap >= 0, cap + offset, cap)
+        L = self.sd.model_max_length
+        sd_caps = [torch.tensor(self.sd(c, add_special_tokens=False).input_ids[:L - 2], dtype=torch.long)
+                   for c in captions]                                       # T_SD tokens (eq. 10)
+        sd_input_ids = (torch.tensor(self.sd(captions, padding="max_length", max_length=L,
+                                             truncation=True).input_ids, dtype=torch.long)
+                        if captions else torch.zeros((0, L), dtype=torch.long))  # (N_cap, L)
+        return {
+            "ids": [it["sample"].id for it in items],
+            "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "context_pixel_values": torch.stack(ctx_pix) if ctx_pix else self._empty(self.image_transform),
+            "context_image_batch_index": torch.tensor(ctx_idx, dtype=torch.long),   # (N_ctx,)
+            "caption_positions": caption_positions,
+            "target_pixel_values": torch.stack(tgt_pix) if tgt_pix else self._empty(self.sd_image_transform),
+            "target_batch_index": torch.tensor(tgt_idx, dtype=torch.long),          # (N_cap,)
+            "sd_input_ids": sd_input_ids,
+            "llm_caption_ids": llm_caps,
+            "sd_caption_ids": sd_caps,
+            "captions": captions,
+        }

@@ -1,0 +1,74 @@
+"""Image loading and the two default image transforms (perceptron input, diffusion target)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from photochat_lib.data.schema import Photo
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # BLIP-2's ViT (EVA-CLIP) normalisation
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Return img as RGB; transparent pixels (RGBA, LA, P with transparency) become white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(photo: Photo | str) -> Image.Image:
+    """Return the RGB pixels of a photo's local file (or of a path)."""
+    path = photo.path if isinstance(photo, Photo) else photo
+    if path is None:
+        raise FileNotFoundError(f"photo has no local file (url {photo.url!r}); download it first")
+    with Image.open(path) as im:
+        im.load()
+        rgb = to_rgb(im)
+        return rgb.copy() if rgb is im else rgb  # detached from the closed file
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Return a size x size RGB image: shorter side resized to size (bicubic), then centre-cropped."""
+    img = to_rgb(img)
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+@dataclass
+class ImageTransform:
+    """PIL image (any mode) -> normalised FloatTensor (3, size, size), for the image perceptron."""
+    size: int = 224                                  # output side (BLIP-2: 224; toy: 32)
+    mean: tuple[float, float, float] = CLIP_MEAN    # per-channel mean subtracted after scaling to [0, 1]
+    std: tuple[float, float, float] = CLIP_STD      # per-channel std divided by
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """Return the normalised tensor (3, size, size)."""
+        x = torch.from_numpy(np.asarray(resize_center_crop(img, self.size), dtype=np.float32) / 255.0)
+        x = x.permute(2, 0, 1)  # (3, H, W)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+
+def image_transform(size: int = 224) -> ImageTransform:
+    """Return the default perceptron transform (resize, centre crop, CLIP normalisation)."""
+    return ImageTransform(size=size)
+
+
+def sd_image_transform(size: int = 512) -> ImageTransform:
+    """Return the diffusion target transform: pixels in [-1, 1], as Stable Diffusion's VAE expects."""
+    return ImageTransform(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -1,0 +1,239 @@
+"""A toy photo-sharing world: PhotoChat-format dialogues about coloured shapes a CPU can learn.
+
+Each dialogue has two friends (``user_id`` 0 and 1). One of them, the *sharer*, tells the other about
+one to three objects ("a red ball and a blue box"); the friend asks to see them (or the sharer offers
+and the friend accepts); the sharer shares one 32x32 photo of those objects; the friend then comments
+on things that only the photo shows; they say goodbye. Every part of the method matters:
+
+* **when** to share: the photo turn always follows a request ("Can you show me?") or an accepted offer;
+* **what** to share: the caption ("Objects in the photo: red circle, blue square", PhotoChat's style)
+  lists the mentioned objects in the order they were mentioned, nouns mapped to shapes
+  (ball/coin/plate -> circle, box/tile/block -> square, kite/tent/flag -> triangle);
+* **perception**: the background colour, each object's position (left/middle/right) and size
+  (small/big) are drawn at random and appear in no text before the photo, yet the replies after it
+  mention them ("I love the gray background", "the red ball on the left ...");
+* several phrasings per dialogue act, names and places, so BLEU is far from 100.
+
+Layout written by :func:`write_toy_dataset` (the PhotoChat reader finds the images by the same rule as
+for real data, see ``photochat.py``)::
+
+    OUT/train/train_00.json   OUT/dev/dev_00.json   OUT/test/test_00.json   (PhotoChat schema)
+    OUT/<split>/images/<dialogue_id>.png     photo_url = "images/<dialogue_id>.png" (relative)
+    OUT/labels.json           {dialogue_id: {background, objects: [{colour, shape, size, position}]}}
+
+Dialogue ids are ``<split>-<index:05d>``; dialogue ``i`` of a split depends only on (seed, split, i),
+so growing a split never changes its earlier dialogues. Same seed -> byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {  # object colour -> RGB
+    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
+    "yellow": (235, 210, 20), "purple": (140, 40, 180),
+}
+BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 15, 15)}
+SHAPES = ["circle", "square", "triangle"]
+NOUNS = {"circle": ["ball", "coin", "plate"], "square": ["box", "tile", "block"],
+         "triangle": ["kite", "tent", "flag"]}
+SIZES = ["small", "big"]
+POSITIONS = ["left", "middle", "right"]
+NAMES = ["Sam", "Alex", "Mia", "Leo", "Nora", "Ben", "Ivy", "Max", "Zoe", "Tom"]
+PLACES = ["market", "fair", "toy shop", "flea market", "mall", "garage sale", "craft store"]
+WHEN = ["today", "yesterday", "this morning", "last weekend", "on Sunday"]
+CAPTION_PREFIX = "Objects in the photo: "  # PhotoChat's photo_description style
+
+GREET = ["Hi {name}! How are you?", "Hey {name}, how is it going?", "Hello {name}! Long time no see.",
+         "Good morning {name}! What's up?", "Hi there {name}!"]
+GREET_BACK = ["I'm good, thanks! And you?", "Pretty good. What about you?", "Doing great, thanks!",
+              "Not bad at all. How are you?", "Hey! I'm fine."]
+TRIP = ["I went to the {place} {when}.", "I was at the {place} {when}.",
+        "I stopped by the {place} {when}.", "Guess where I went {when}? The {place}!"]
+GOT = ["I got {items}.", "I bought {items}.", "I found {items} there.", "I picked up {items}.",
+       "I came home with {items}."]
+REACT = ["Nice! That sounds fun.", "Oh cool!", "Wow, lucky you.", "That sounds great!", "Sounds nice."]
+ASK = ["Can you show me a photo?", "Do you have a picture of them?", "I would love to see them!",
+       "Can you send me a pic?", "Show me, please!"]
+OFFER = ["Do you want to see a photo?", "Want to see a picture?", "Should I send you a pic?"]
+ACCEPT = ["Yes please!", "Of course!", "Sure, send it!", "Yes, I want to see!"]
+BEFORE_PHOTO = ["Sure, here you go!", "Here it is.", "Okay, one moment.", "Sure!"]
+AFTER_PHOTO = ["Here they are.", "What do you think?", "This is the photo."]
+SEE_BG = ["I love the {bg} background.", "The {bg} background looks nice.",
+          "Why is the background {bg}?", "Nice photo, the background is so {bg}!"]
+SEE_POS = ["The {colour} {noun} on the {pos} is my favourite.", "I like the {colour} {noun} on the {pos}.",
+           "Is that the {colour} {noun} on the {pos}?"]
+SEE_SIZE = ["Wow, the {colour} {noun} is so {size_word}!", "The {colour} {noun} looks {size_word}.",
+            "Oh, the {colour} {noun} is {size_word}!"]
+SIZE_WORDS = {"small": ["small", "tiny"], "big": ["big", "huge"]}
+BG_REPLY = ["Thanks! I put them on a {bg} table.", "Yes, I took it on my {bg} desk.",
+            "Haha, {bg} is my favourite colour."]
+POS_REPLY = ["Yes, I put it on the {pos}.", "Thanks! The one on the {pos} is mine too.",
+             "Yes, that one is on the {pos}."]
+SIZE_REPLY = ["Yes, it is really {size}.", "I know, it is {size}!", "Yes, a {size} one."]
+BYE = ["I have to go now. Bye!", "Talk to you later!", "See you soon!", "Bye, have a nice day!"]
+BYE_BACK = ["Bye!", "See you!", "Take care!", "Later!"]
+
+
+@dataclass(frozen=True)
+class ToyObject:
+    """One shape in a toy photo."""
+    colour: str    # key of COLOURS
+    shape: str     # one of SHAPES
+    noun: str      # the word the dialogue uses for it (one of NOUNS[shape])
+    size: str      # "small" or "big": visible only in the photo
+    position: str  # "left" / "middle" / "right": visible only in the photo
+
+
+def caption(objects: list[ToyObject]) -> str:
+    """Return the PhotoChat-style description of a toy photo, objects in mention order."""
+    return CAPTION_PREFIX + ", ".join(f"{o.colour} {o.shape}" for o in objects)
+
+
+def _items(objects: list[ToyObject]) -> str:
+    """Return "a red ball, a blue box and a green kite"."""
+    words = [f"a {o.colour} {o.noun}" for o in objects]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def sample_dialogue(rng: random.Random) -> tuple[list[dict], list[ToyObject], str]:
+    """Return (PhotoChat turns, the photo's objects, background colour) for one toy dialogue."""
+    n = rng.randint(1, 3)
+    positions = rng.sample(POSITIONS, n)  # independent of mention order: perception only
+    kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)  # no two alike in one photo
+    objects = [ToyObject(c, s, rng.choice(NOUNS[s]), rng.choice(SIZES), pos)
+               for (c, s), pos in zip(kinds, positions)]
+    bg = rng.choice(list(BACKGROUNDS))
+    sharer = rng.randint(0, 1)
+    friend = 1 - sharer
+    first = rng.randint(0, 1)
+    turns: list[dict] = []
+
+    def say(user: int, text: str) -> None:
+        turns.append({"message": text, "share_photo": False, "user_id": user})
+
+    say(first, rng.choice(GREET).format(name=rng.choice(NAMES)))
+    say(1 - first, rng.choice(GREET_BACK))
+    if rng.random() < 0.6:  # the story sometimes takes two consecutive turns of the sharer
+        say(sharer, rng.choice(TRIP).format(place=rng.choice(PLACES), when=rng.choice(WHEN)))
+    say(sharer, rng.choice(GOT).format(items=_items(objects)))
+    say(friend, rng.choice(REACT))
+    if rng.random() < 0.5:
+        say(friend, rng.choice(ASK))
+    else:
+        say(sharer, rng.choice(OFFER))
+        say(friend, rng.choice(ACCEPT))
+    if rng.random() < 0.5:
+        say(sharer, rng.choice(BEFORE_PHOTO))
+    turns.append({"message": "", "share_photo": True, "user_id": sharer})
+    if rng.random() < 0.3:
+        say(sharer, rng.choice(AFTER_PHOTO))
+    # replies that need the photo: background, position, size (one or two of them)
+    acts = rng.sample(["bg", "pos", "size"], rng.randint(1, 2))
+    replies = []
+    for act in acts:
+        o = rng.choice(objects)
+        if act == "bg":
+            say(friend, rng.choice(SEE_BG).format(bg=bg))
+            replies.append(rng.choice(BG_REPLY).format(bg=bg))
+        elif act == "pos":
+            say(friend, rng.choice(SEE_POS).format(colour=o.colour, noun=o.noun, pos=o.position))
+            replies.append(rng.choice(POS_REPLY).format(pos=o.position))
+        else:
+            say(friend, rng.choice(SEE_SIZE).format(colour=o.colour, noun=o.noun,
+                                                    size_word=rng.choice(SIZE_WORDS[o.size])))
+            replies.append(rng.choice(SIZE_REPLY).format(size=o.size))
+    say(sharer, replies[-1])
+    say(friend, rng.choice(BYE))
+    say(sharer, rng.choice(BYE_BACK))
+    return turns, objects, bg
+
+
+def draw_photo(objects: list[ToyObject], background: str, size: int = 32) -> Image.Image:
+    """Return the RGB photo: shapes in three columns on a plain background, no anti-aliasing."""
+    img = Image.new("RGB", (size, size), BACKGROUNDS[background])
+    draw = ImageDraw.Draw(img)  # ImageDraw primitives are aliased: pixels are deterministic
+    col = size / 3
+    for o in objects:
+        cx = col * POSITIONS.index(o.position) + col / 2
+        cy = size / 2
+        r = col * (0.4 if o.size == "big" else 0.22)  # big shapes never touch
+        box = [round(cx - r), round(cy - r), round(cx + r), round(cy + r)]
+        rgb = COLOURS[o.colour]
+        if o.shape == "circle":
+            draw.ellipse(box, fill=rgb)
+        elif o.shape == "square":
+            draw.rectangle(box, fill=rgb)
+        else:
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), (round(cx), box[1])], fill=rgb)
+    return img
+
+
+def make_split(split: str, n: int, seed: int) -> list[tuple[dict, list[ToyObject], str]]:
+    """Return n (PhotoChat dialogue dict, objects, background) for one split."""
+    out = []
+    for i in range(n):
+        rng = random.Random(f"photochat-toy:{seed}:{split}:{i}")  # str seeds hash with sha512: stable
+        turns, objects, bg = sample_dialogue(rng)
+        did = f"{split}-{i:05d}"
+        out.append(({"dialogue": turns, "dialogue_id": did, "photo_description": caption(objects),
+                     "photo_url": f"images/{did}.png"}, objects, bg))
+    return out
+
+
+def toy_texts(n: int = 400, seed: int = 0) -> list[str]:
+    """Return the messages and captions of n toy dialogues plus every word list (a tokenizer corpus)."""
+    texts = []
+    for d, _, _ in make_split("corpus", n, seed):
+        texts += [t["message"] for t in d["dialogue"] if t["message"]]
+        texts.append(d["photo_description"])
+    words = [*COLOURS, *BACKGROUNDS, *SHAPES, *sum(NOUNS.values(), []), *SIZES, *POSITIONS, *NAMES,
+             *PLACES, *WHEN, *sum(SIZE_WORDS.values(), [])]
+    texts.append(" ".join(words))
+    return texts
+
+
+def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev: int = 100,
+                      n_test: int = 100, image_size: int = 32) -> Path:
+    """Write the toy dataset under out (atomically: built in a temp dir, then renamed); returns out."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        labels = {}
+        for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+            (tmp / split / "images").mkdir(parents=True)
+            dialogues = []
+            for d, objects, bg in make_split(split, n, seed):
+                draw_photo(objects, bg, image_size).save(tmp / split / d["photo_url"], format="PNG")
+                labels[d["dialogue_id"]] = {
+                    "background": bg, "split": split,
+                    "objects": [{"colour": o.colour, "shape": o.shape, "size": o.size,
+                                 "position": o.position} for o in objects]}
+                dialogues.append(d)
+            _write_json(tmp / split / f"{split}_00.json", dialogues)
+        _write_json(tmp / "labels.json", labels)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write obj as indented UTF-8 JSON with sorted keys (stable bytes)."""
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

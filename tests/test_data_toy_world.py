@@ -1,0 +1,112 @@
+"""The toy world: deterministic bytes, PhotoChat format, and a dialogue structure that needs every part."""
+import json
+import random
+import re
+
+import numpy as np
+from PIL import Image
+
+import argparse
+
+from photochat_lib.data import cli as data_cli
+from photochat_lib.data.photochat import read_photochat
+from photochat_lib.data.samples import make_samples
+from photochat_lib.data.toy_world import (BACKGROUNDS, COLOURS, NOUNS, ToyObject, caption, draw_photo,
+                                         make_split, sample_dialogue, write_toy_dataset)
+
+SMALL = dict(n_train=12, n_dev=4, n_test=4)
+
+
+def cli_main(argv):
+    """Run `photochat data ...` through data/cli.py's register (as photochat_lib/cli.py does)."""
+    parser = argparse.ArgumentParser(prog="photochat")
+    data_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _all_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_byte_identical_other_seed_differs(tmp_path):
+    a = write_toy_dataset(tmp_path / "a", seed=3, **SMALL)
+    b = write_toy_dataset(tmp_path / "b", seed=3, **SMALL)
+    c = write_toy_dataset(tmp_path / "c", seed=4, **SMALL)
+    files_a = _all_bytes(a)
+    assert files_a == _all_bytes(b)
+    assert files_a != _all_bytes(c)
+    assert {"train/train_00.json", "dev/dev_00.json", "test/test_00.json", "labels.json",
+            "train/images/train-00000.png"} <= set(files_a)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_rewrite_replaces_atomically(tmp_path):
+    out = write_toy_dataset(tmp_path / "toy", seed=0, **SMALL)
+    write_toy_dataset(out, seed=0, n_train=2, n_dev=1, n_test=1)
+    assert len(json.loads((out / "train/train_00.json").read_text())) == 2
+    assert not (out / "train/images/train-00005.png").exists()  # old files gone, not mixed
+
+
+def test_reader_finds_images_and_labels_match(tmp_path):
+    out = write_toy_dataset(tmp_path / "toy", seed=0, image_size=16, **SMALL)
+    dialogues = read_photochat(out / "train", check_images=True)
+    assert len(dialogues) == 12
+    labels = json.loads((out / "labels.json").read_text())
+    for d in dialogues:
+        (photo,) = d.photos
+        assert photo.path.endswith(f"train/images/{d.dialogue_id}.png")
+        img = Image.open(photo.path)
+        assert img.mode == "RGB" and img.size == (16, 16)
+        lab = labels[d.dialogue_id]
+        assert photo.caption == "Objects in the photo: " + ", ".join(
+            f"{o['colour']} {o['shape']}" for o in lab["objects"])
+        corner = np.asarray(img)[0, 0]  # the background colour shows in the corner
+        assert tuple(corner) == BACKGROUNDS[lab["background"]]
+
+
+def test_dialogue_structure_makes_every_part_matter():
+    for i in range(200):
+        turns, objects, bg = sample_dialogue(random.Random(i))
+        k = next(j for j, t in enumerate(turns) if t["share_photo"])
+        before = " ".join(t["message"] for t in turns[:k]).lower()
+        after = " ".join(t["message"] for t in turns[k + 1:]).lower()
+        # when: the photo follows a request or an accepted offer
+        assert re.search(r"show me|picture of them|love to see|send me a pic|yes please|of course|"
+                         r"send it|want to see!", before)
+        # what: every object is named (colour + noun) before the photo, in caption order
+        positions = [before.index(f"{o.colour} {o.noun}") for o in objects]
+        assert positions == sorted(positions)
+        # perception: background/position/size are never said before the photo, but one is after
+        assert bg not in before and not re.search(r"\b(left|middle|right|tiny|huge)\b", before)
+        assert bg in after or re.search(r"\b(left|middle|right|small|big|tiny|huge)\b", after)
+
+
+def test_draw_photo_shapes_and_positions():
+    objs = [ToyObject("red", "square", "box", "big", "left"),
+            ToyObject("blue", "circle", "ball", "small", "right")]
+    a = np.asarray(draw_photo(objs, "white", 32))
+    assert tuple(a[16, 5]) == COLOURS["red"] and tuple(a[16, 26]) == COLOURS["blue"]
+    assert tuple(a[16, 16]) == BACKGROUNDS["white"]  # the middle column is empty
+    assert caption(objs) == "Objects in the photo: red square, blue circle"
+
+
+def test_toy_samples_include_photo_and_text_targets():
+    dialogues_raw = [d for d, _, _ in make_split("train", 20, 0)]
+    assert all(d["dialogue_id"].startswith("train-") for d in dialogues_raw)
+    nouns = {n for v in NOUNS.values() for n in v}
+    assert any(n in dialogues_raw[0]["dialogue"][2]["message"] + dialogues_raw[0]["dialogue"][3]["message"]
+               for n in nouns)
+
+
+def test_cli_toy_and_stats(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert cli_main(["data", "toy", "--out", str(out), "--seed", "1", "--n-train", "5", "--n-dev", "2",
+                     "--n-test", "2", "--image-size", "16"]) == 0
+    dialogues = read_photochat(out / "train")
+    samples = make_samples(dialogues)
+    assert any(s.shares_photo for s in samples) and any(not s.shares_photo for s in samples)
+    capsys.readouterr()
+    assert cli_main(["data", "stats", str(out / "train"), str(out / "dev")]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"total\s+7\s", table), table

@@ -1,0 +1,67 @@
+"""generate(): a multimodal context in, the reply out — with a drawn photo for each [IMG] … [/IMG]."""
+import pytest
+import torch
+from PIL import Image
+
+from photochat_lib.generation import generate
+from photochat_lib.presets import build_model
+from photochat_lib.tokens import IMG_END, IMG_START
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("toy", seed=0)
+
+
+def scripted_llm(model, monkeypatch, text):
+    """Make the LLM 'emit' `text` (then eos), recording the prompt embeddings it was given."""
+    ids = model.tokenizer(text, add_special_tokens=False).input_ids + [model.tokenizer.eos_token_id]
+    seen = {}
+
+    def fake_generate(inputs_embeds, attention_mask, **kw):
+        seen["embeds"], seen["kw"] = inputs_embeds, kw
+        return torch.tensor([ids])
+
+    monkeypatch.setattr(model.llm, "generate", fake_generate)
+    return seen
+
+
+def test_generate_returns_an_image_for_each_caption(model, monkeypatch):
+    seen = scripted_llm(model, monkeypatch, f"Sure, here! {IMG_START} Objects in the photo: red circle{IMG_END}")
+    context = ["Hi! I bought a red ball.", Image.new("RGBA", (50, 40), (0, 0, 255, 128)), "Show me yours!"]
+    reply = generate(model, context, num_inference_steps=2, seed=0)
+    assert reply.captions == ["Objects in the photo: red circle"]
+    assert len(reply.images) == 1 and reply.images[0].size == (32, 32) and reply.images[0].mode == "RGB"
+    assert reply.text.startswith("Sure, here!") and reply.shared_photo and not reply.notes
+    # the context photo entered as 32 visual tokens spliced into the prompt
+    assert seen["embeds"].shape[1] > 32
+
+
+def test_generate_text_only_reply_draws_nothing(model, monkeypatch):
+    scripted_llm(model, monkeypatch, "That sounds fun!")
+    reply = generate(model, ["I went to the market."], num_inference_steps=2)
+    assert reply.text == "That sounds fun!" and reply.images == [] and not reply.shared_photo
+
+
+def test_generate_handles_unbalanced_and_empty_captions(model, monkeypatch):
+    scripted_llm(model, monkeypatch, f"look {IMG_START} Objects in the photo: blue square")
+    reply = generate(model, ["Show me!"], num_inference_steps=2)
+    assert len(reply.images) == 1 and reply.segments[-1].unbalanced
+    scripted_llm(model, monkeypatch, f"{IMG_START}{IMG_END} oops")
+    reply = generate(model, ["Show me!"], num_inference_steps=2)
+    assert reply.images == [] and reply.shared_photo and "empty caption" in reply.notes[0]
+
+
+def test_generate_really_runs_the_llm(model, monkeypatch):
+    """No scripting: the untrained toy LLM runs end to end and its tokens are what gets parsed."""
+    real, out = model.llm.generate, {}
+
+    def spy(**kw):
+        out["ids"] = real(**kw)
+        return out["ids"]
+
+    monkeypatch.setattr(model.llm, "generate", spy)
+    reply = generate(model, ["Hi there!", Image.new("L", (20, 20), 128)], max_new_tokens=8, draw_images=False)
+    new = [i for i in out["ids"][0].tolist() if i not in (model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)]
+    assert 0 < out["ids"].shape[1] <= 8
+    assert reply.raw == model.tokenizer.decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
