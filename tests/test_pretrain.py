@@ -1,0 +1,167 @@
+"""Toy pretraining: each stage learns, runs are deterministic, the folders load, the shipped weights work."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from photochat_lib.data.collate import Collator
+from photochat_lib.data.images import image_transform
+from photochat_lib.data.toy_world import draw_photo
+from photochat_lib.image_perceptron import build_image_perceptron
+from photochat_lib.model import PhotoChatModel
+from photochat_lib.presets import build_toy_components
+from photochat_lib.pretrain import (DEFAULT_OUT, LLMPretrainConfig, chat_ids, dialogue_turns, heldout_lm_loss,
+                                    pretrain_llm, pretrain_toy, register)
+from photochat_lib.pretrain_perceptron import (PerceptronPretrainConfig, describe_photos, describe_scene,
+                                               description_batch, description_scores, parse_description,
+                                               pretrain_perceptron, random_scene, scene_batch)
+from photochat_lib.text_generator import load_llm, text_loss
+from photochat_lib.tokens import SPECIAL_TOKENS
+
+TINY_LLM = LLMPretrainConfig(steps=2, batch_size=2, block_size=32, warmup_steps=1, n_eval=0)
+TINY_PERCEPTRON = PerceptronPretrainConfig(steps=2, batch_size=4, warmup_steps=1, n_eval=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Pin torch to one thread (the shipped weights were made so) and restore it afterwards."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_pretraining_text_is_the_chat_layout_without_photo_tokens():
+    _, tok, _, _ = build_toy_components(0)
+    collator = Collator(tok, None, None, None, max_length=384)
+    text = tok.decode(chat_ids(collator, dialogue_turns(random.Random(3))))
+    assert text.startswith("<s> A: ") and text.endswith("</s>") and "\nB: " in text
+    assert not any(t in text for t in SPECIAL_TOKENS) and "Objects in the photo" not in text
+
+
+def test_description_round_trip_and_scores():
+    scene = random_scene(random.Random(0))
+    text = describe_scene(*scene)
+    bg, objects = parse_description(text)
+    assert bg == scene[1] and set(objects) == {o.position for o in scene[0]}
+    assert description_scores([text], [scene])["exact_match"] == 1.0
+    wrong = text.replace(scene[0][0].colour, "nocolour")
+    assert description_scores([wrong], [scene])["colour_accuracy"] < 1.0
+
+
+def test_llm_stage_lowers_the_loss():
+    llm, tok, _, _ = build_toy_components(0)
+    cfg = LLMPretrainConfig(steps=8, batch_size=4, block_size=64, warmup_steps=1, n_eval=4)
+    before = heldout_lm_loss(llm, tok, cfg)
+    metrics = pretrain_llm(llm, tok, cfg, progress=False)
+    assert metrics["heldout_loss"] < before - 0.5
+
+
+@pytest.mark.parametrize("llm_lr", [0.0, 1e-3])
+def test_perceptron_stage_lowers_the_loss(llm_lr):
+    llm, tok, perceptron, _ = build_toy_components(0)
+    pixels, texts, _ = scene_batch(random.Random("held-out"), 8)
+    llm_before = {k: v.clone() for k, v in llm.state_dict().items()}
+
+    def loss() -> float:
+        with torch.no_grad():
+            embeds, mask, labels = description_batch(llm, tok, perceptron(pixels), texts)
+            return text_loss(llm(inputs_embeds=embeds, attention_mask=mask).logits, labels).item()
+
+    before = loss()
+    cfg = PerceptronPretrainConfig(steps=6, batch_size=8, warmup_steps=1, n_eval=0, llm_lr=llm_lr)
+    pretrain_perceptron(llm, tok, perceptron, cfg, progress=False)
+    assert loss() < before - 0.2
+    frozen = all(torch.equal(v, llm.state_dict()[k]) for k, v in llm_before.items())
+    assert frozen == (llm_lr == 0.0)  # llm_lr = 0 is BLIP-2's stage 2: the LLM stays frozen
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Return the state dict stored in folder/model.safetensors."""
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_same_seed_same_weights_and_the_folder_loads(tmp_path):
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        pretrain_toy(out, seed=0, only="perceptron", llm_config=TINY_LLM, perceptron_config=TINY_PERCEPTRON,
+                     threads=1, progress=False)
+        outs.append(out)
+    for part in ("llm", "perceptron"):
+        a, b = _weights(outs[0] / part), _weights(outs[1] / part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((outs[0] / "photochat.json").read_text()) == {
+        "mode": "end2end", "alpha": 1.0, "dvtm_impl": "batched", "sd_caption_source": "gold", "preset": "toy",
+        "extra": {}}
+    assert not [p.name for p in outs[0].iterdir() if p.name.startswith(".")]  # no temp folders left
+    # the whole toy model loads through the hub loaders once an sd/ folder sits beside them
+    _, _, _, generator = build_toy_components(0)
+    generator.save_pretrained(outs[0] / "sd")
+    model = PhotoChatModel.from_pretrained(outs[0])
+    llm_weights = _weights(outs[0] / "llm")
+    assert all(torch.equal(model.llm.state_dict()[k], v) for k, v in llm_weights.items())
+    perceptron_weights = _weights(outs[0] / "perceptron")
+    assert all(torch.equal(model.perceptron.state_dict()[k], v) for k, v in perceptron_weights.items())
+
+
+def test_all_stages_run_in_order_and_replace_folders(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_sd(out, seed=0, vae_steps=None, unet_steps=None):
+        calls.append(("sd", seed))
+        Path(out).mkdir()  # the real one writes out atomically itself
+        Path(out, "marker").write_text("sd")
+        return None, {"unet_last": 0.5}
+
+    def fake_classifier(out_dir, seed=0, **kwargs):
+        calls.append(("classifier", seed))
+        Path(out_dir, "marker").write_text("classifier")
+        return None, {"exact_set_accuracy": 1.0}
+
+    monkeypatch.setitem(sys.modules, "photochat_lib.pretrain_sd",
+                        types.SimpleNamespace(pretrain_image_generator=fake_sd))
+    import photochat_lib.toy_classifier as toy_classifier
+    monkeypatch.setattr(toy_classifier, "train_toy_classifier", fake_classifier)
+    (tmp_path / "classifier").mkdir()
+    (tmp_path / "classifier" / "stale").write_text("old")
+    results = pretrain_toy(tmp_path, seed=3, llm_config=TINY_LLM, perceptron_config=TINY_PERCEPTRON,
+                           threads=1, progress=False)
+    assert list(results) == ["llm", "perceptron", "sd", "classifier"] and calls == [("sd", 3), ("classifier", 3)]
+    assert (tmp_path / "sd" / "marker").read_text() == "sd" and (tmp_path / "photochat.json").is_file()
+    assert (tmp_path / "classifier" / "marker").is_file() and not (tmp_path / "classifier" / "stale").exists()
+
+
+def test_cli_refuses_hub_presets(capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["pretrain", "--preset", "paper"])
+    assert args.func(args) == 2 and "hub checkpoints" in capsys.readouterr().out
+    for action in parser._subparsers._group_actions[0].choices["pretrain"]._actions:
+        assert action.help, f"option {action.option_strings} has no help"
+
+
+# ----- the shipped checkpoints are really trained -----
+def test_shipped_llm_speaks_the_toy_world():
+    llm, tok = load_llm(str(DEFAULT_OUT / "llm"))
+    assert heldout_lm_loss(llm, tok, LLMPretrainConfig(n_eval=8)) < 0.8
+
+
+def test_shipped_perceptron_lets_the_llm_describe_fresh_photos():
+    llm, tok = load_llm(str(DEFAULT_OUT / "llm"))
+    perceptron = build_image_perceptron(str(DEFAULT_OUT / "perceptron"), llm.config.hidden_size).eval()
+    rng = random.Random("test-shipped-perceptron")  # neither the training nor the held-out stream
+    scenes = [random_scene(rng) for _ in range(20)]
+    pixels = perceptron.preprocess([draw_photo(objs, bg) for objs, bg in scenes])
+    assert torch.equal(pixels, torch.stack([image_transform(32)(draw_photo(o, b)) for o, b in scenes]))
+    scores = description_scores(describe_photos(llm, tok, perceptron, pixels), scenes)
+    assert scores["colour_accuracy"] >= 0.8, scores
+    assert scores["background_accuracy"] >= 0.9, scores
