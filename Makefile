@@ -8,7 +8,9 @@ PIP := $(PY) -m pip
 TORCH_PINS_X86_64 := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.photochat-installed
 
-.PHONY: install demo test test-fast bench clean-venv
+NBVAL := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+.PHONY: install demo test test-fast bench notebooks book book-test clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,14 +26,32 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/photochat demo
 
+# the library's tests and the course's notebooks (nbval: stored outputs must reproduce)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests notebooks $(NBVAL)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/dvtm.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/chat_latency.py
+
+# re-execute every notebook in place (an author updates the course's stored outputs in one step)
+notebooks: $(STAMP)
+	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
+	  echo "executing $$nb"; ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=1200 "$$nb" || exit 1; done
+
+# the Jupyter Book site (1.x, offline; stored outputs rendered, nothing executed)
+book: $(STAMP)
+	$(PY) book/sync_notebooks.py
+	$(VENV)/bin/jupyter-book build book/ --warningiserror
+
+# open the built site in headless Chromium; screenshots go to book/_build/screenshots/
+book-test: $(STAMP)
+	$(PY) -m pytest -q tests/browser
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from photochat_lib.profiling import fmt_bytes, reset_peak_rss, rss_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -40,34 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "On a shared machine 1 gives steadier timings (default: 0)")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)  # internal: run one method, print JSON
     return p.parse_args(argv)
-
-
-# --------------------------------------------------------------------------- memory probes (Linux)
-
-def _rss_bytes(field: str) -> int | None:
-    """Return VmRSS / VmHWM of this process in bytes from /proc/self/status, or None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM); return whether it worked."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back so the baseline is live memory
-    except (OSError, AttributeError):
-        pass
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------- one method, in a subprocess
@@ -141,13 +115,13 @@ def run_worker(args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        reset_ok = _reset_peak_rss()
-        base = _rss_bytes("VmRSS")
+        reset_ok = reset_peak_rss()
+        base = rss_bytes("VmRSS")
     times = [once() for _ in range(args.repeats)]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        hwm = _rss_bytes("VmHWM")
+        hwm = rss_bytes("VmHWM")
         peak = (hwm - base) if (reset_ok and hwm is not None and base is not None) else None
     leaf.grad = None
     fwd = [forward_only() for _ in range(args.repeats)]
@@ -156,16 +130,6 @@ def run_worker(args: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
 
 def main(argv=None) -> int:
     """Run each method in a subprocess and print the table; returns the exit status."""
@@ -212,7 +176,7 @@ def main(argv=None) -> int:
         med[method] = statistics.median(t)
         fwd[method] = statistics.median(results[method]["fwd"])
         print(f"{labels[method]:<52} {med[method] * 1e3:>10.2f} {min(t) * 1e3:>8.2f} {fwd[method] * 1e3:>8.2f} "
-              f"{_fmt_bytes(results[method]['peak']):>12}")
+              f"{fmt_bytes(results[method]['peak']):>12}")
     floor = statistics.median(results["batched"]["floor"])
     print(f"{'(floor: torch.zeros(B, m, |V_LLM|), the dense grad)':<52} {floor * 1e3:>10.2f}")
     print()
@@ -222,7 +186,7 @@ def main(argv=None) -> int:
     print(f"sparse / batched speed-up : {speedup:8.1f}x   fwd+bwd (target >= 20x: {verdict})")
     print(f"                            {fwd['sparse'] / fwd['batched']:8.1f}x   forward only")
     print(f"batched / STGS time       : {share * 100:8.2f}%   (target <= 5%: {'met' if share <= 0.05 else 'NOT met'})")
-    print(f"a dense M (float32) needs : {_fmt_bytes(V1 * V2 * 4)} per caption, {_fmt_bytes(B * V1 * V2 * 4)} "
+    print(f"a dense M (float32) needs : {fmt_bytes(V1 * V2 * 4)} per caption, {fmt_bytes(B * V1 * V2 * 4)} "
           f"for the batch (paper's 40,000^2 x 2 B = 3.2 GB remark)")
     return 0
 

@@ -98,47 +98,75 @@ def generate(model, context, speaker: str | None = None, max_new_tokens: int = 4
     pairs, or bare str / PIL.Image items (speakers then alternate A, B, A, … from the first).
     speaker: who replies (default: the speaker after the last turn).
     """
+    return generate_batch(model, [context], [speaker], max_new_tokens=max_new_tokens, do_sample=do_sample,
+                          temperature=temperature, top_k=top_k, seed=seed, draw_images=draw_images,
+                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)[0]
+
+
+@torch.no_grad()
+def generate_batch(model, contexts: list, speakers: list | None = None, max_new_tokens: int = 48,
+                   do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
+                   draw_images: bool = True, num_inference_steps: int = 20, guidance_scale: float = 3.0,
+                   image_batch_size: int = 64) -> list[Reply]:
+    """Return one Reply per context, generated together (left-padded prompts, one LLM.generate)."""
     from .data.collate import Collator
     from .data.images import load_image
     model.eval()
-    turns, speaker, images = _normalise_context(context, speaker)
-    collator = Collator(model.tokenizer, model.image_generator.tokenizer, image_transform=None,
-                        sd_image_transform=None, max_length=model.llm.config.max_position_embeddings)
-    prompt = collator.encode_prompt(turns, speaker, max_new_tokens=max_new_tokens)
-    input_ids = prompt["input_ids"].to(model.device)                            # (1, T)
-    kept = [t for t in prompt["context"] if t.photo is not None]                # photos that still fit
-    pil = [images.get(id(t)) or load_image(t.photo) for t in kept]
-    pixels = model.perceptron.preprocess(pil)                                   # (N, 3, S, S)
-    embeds = model.input_embeddings(input_ids, pixels, torch.zeros(len(pil), dtype=torch.long))
+    tok = model.tokenizer
+    collator = Collator(tok, model.image_generator.tokenizer, image_transform=None, sd_image_transform=None,
+                        max_length=model.llm.config.max_position_embeddings)
+    rows, photos, photo_rows = [], [], []
+    for b, (ctx, who) in enumerate(zip(contexts, speakers or [None] * len(contexts))):
+        turns, who, images = _normalise_context(ctx, who)
+        prompt = collator.encode_prompt(turns, who, max_new_tokens=max_new_tokens)
+        rows.append(prompt["input_ids"][0])
+        for t in prompt["context"]:                                              # photos that still fit
+            if t.photo is not None:
+                photos.append(images.get(id(t)) or load_image(t.photo))
+                photo_rows.append(b)
+    T = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)  # (B, T) left-padded
+    mask = torch.zeros_like(input_ids)
+    for b, r in enumerate(rows):
+        input_ids[b, T - len(r):], mask[b, T - len(r):] = r, 1
+    pixels = model.perceptron.preprocess(photos)                                # (N, 3, S, S)
+    embeds = model.input_embeddings(input_ids.to(model.device), pixels, torch.tensor(photo_rows, dtype=torch.long))
     torch.manual_seed(seed)
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                      pad_token_id=model.tokenizer.pad_token_id, eos_token_id=model.tokenizer.eos_token_id)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
+              eos_token_id=tok.eos_token_id)
     if do_sample:
-        gen_kwargs.update(temperature=temperature, top_k=top_k or None)
-    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), **gen_kwargs)
-    new_ids = [i for i in out[0].tolist() if i not in (model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)]
-    reply = parse_reply(model.tokenizer.decode(new_ids, skip_special_tokens=False,
-                                               clean_up_tokenization_spaces=False))
+        kw.update(temperature=temperature, top_k=top_k or None)
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask.to(model.device), **kw)
+    replies = []
+    for row in out.tolist():
+        ids = []
+        for i in row:
+            if i == tok.eos_token_id:
+                break
+            if i != tok.pad_token_id:
+                ids.append(i)
+        replies.append(parse_reply(tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)))
     if draw_images:
-        draw_photos(model, reply, num_inference_steps, guidance_scale, seed)
-    return reply
+        draw_photos(model, replies, num_inference_steps, guidance_scale, seed, image_batch_size)
+    return replies
 
 
-def draw_photos(model, reply: Reply, num_inference_steps: int = 20, guidance_scale: float = 3.0,
-                seed: int = 0) -> None:
-    """Draw every non-empty caption of `reply` with the image generator (in place)."""
-    todo = [s for s in reply.segments if s.kind == "photo" and s.text]
-    if not todo:
-        return
+def draw_photos(model, replies: Reply | list[Reply], num_inference_steps: int = 20, guidance_scale: float = 3.0,
+                seed: int = 0, batch_size: int = 64) -> None:
+    """Draw every non-empty caption of the replies with the image generator (in place)."""
+    replies = [replies] if isinstance(replies, Reply) else replies
+    todo = [s for r in replies for s in r.segments if s.kind == "photo" and s.text]
     gen = model.image_generator
-    # §2.5: at inference the caption goes straight to SD; R_SD is the SD tokenizer's one-hot sequence.
-    r_sd = gen.one_hot(gen.tokenize([s.text for s in todo]))                    # (P, n, V_SD)
     g = torch.Generator(device=gen.unet.device).manual_seed(seed)
-    images = gen.generate(r_sd, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          generator=g)                                           # (P, 3, H, W) in [0, 1]
-    for seg, img in zip(todo, images):
-        arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-        seg.image = Image.fromarray(arr)
+    for k in range(0, len(todo), batch_size):
+        chunk = todo[k:k + batch_size]
+        # §2.5: at inference the caption goes straight to SD; R_SD is the SD tokenizer's one-hot sequence.
+        r_sd = gen.one_hot(gen.tokenize([s.text for s in chunk]))               # (P, n, V_SD)
+        images = gen.generate(r_sd, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              generator=g)                                       # (P, 3, H, W) in [0, 1]
+        for seg, img in zip(chunk, images):
+            arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+            seg.image = Image.fromarray(arr)
 
 
 def _normalise_context(context, speaker):

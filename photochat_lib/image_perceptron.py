@@ -56,6 +56,8 @@ class ImagePerceptron(Blip2PreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False):
         """Return visual tokens (N, Q, D_llm); with output_attentions also the Q-Former cross-attentions."""
+        if output_attentions and self.qformer.config._attn_implementation != "eager":
+            self.qformer.set_attn_implementation("eager")   # SDPA kernels do not return attention maps
         patches = self.vision_model(pixel_values=pixel_values).last_hidden_state   # eq. (3) ViT: (N, P+1, Dv)
         patch_mask = torch.ones(patches.shape[:-1], dtype=torch.long, device=patches.device)  # (N, P+1)
         queries = self.query_tokens.expand(patches.shape[0], -1, -1)                # Q: (N, 32, Dq)

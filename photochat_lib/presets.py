@@ -16,7 +16,9 @@ in the same layouts to a temporary folder.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -83,19 +85,21 @@ def toy_blip2_config(image_size: int = 32) -> Blip2Config:
 
 
 def toy_image_generator(sd_tokenizer, resolution: int = 32) -> ImageGenerator:
-    """Return a tiny SD: 2-layer CLIP text encoder, 2-level UNet on 8×8 latents, 3-level VAE (÷4)."""
+    """Return a tiny SD: 2-layer CLIP text encoder, 3-level UNet on 16×16 latents, 2-level VAE (÷2)."""
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(sd_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=sd_tokenizer.model_max_length,
         bos_token_id=sd_tokenizer.bos_token_id, eos_token_id=sd_tokenizer.eos_token_id,
         pad_token_id=sd_tokenizer.pad_token_id))
+    # ÷2, not SD's ÷8: a 5-pixel shape must survive the latent (see pretrain_sd.py for the measurements)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=resolution,
-                        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
-                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
-    unet = UNet2DConditionModel(sample_size=resolution // 4, in_channels=4, out_channels=4,
-                                block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=16,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        mid_block_add_attention=False)
+    unet = UNet2DConditionModel(sample_size=resolution // 2, in_channels=4, out_channels=4,
+                                block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                                 cross_attention_dim=64, attention_head_dim=16)
     # The same noise schedule as stable-diffusion-2-1-base (scaled-linear betas, ε-prediction).
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
@@ -123,6 +127,26 @@ def load_components(llm: str, perceptron: str, sd: str, dtype: torch.dtype | Non
     vision = build_image_perceptron(perceptron, model.config.hidden_size, token=token, dtype=dtype)
     generator = ImageGenerator.from_pretrained(sd, token=token, dtype=dtype)
     return model, tokenizer, vision, generator
+
+
+TOY_CHECKPOINT = Path(__file__).parent / "checkpoints" / "toy"
+
+
+def shipped_toy_checkpoint() -> Path | None:
+    """Return the shipped, pretrained toy foundation folder if it is complete, else None."""
+    need = ["photochat.json", "llm/config.json", "perceptron/config.json", "sd/unet/config.json"]
+    return TOY_CHECKPOINT if all((TOY_CHECKPOINT / n).exists() for n in need) else None
+
+
+def load_toy_model(seed: int = 0, **config):
+    """Return the pretrained toy model if shipped ("load if present"), else a fresh random one."""
+    from .model import PhotoChatConfig, PhotoChatModel
+    path = shipped_toy_checkpoint()
+    if path is not None:
+        return PhotoChatModel.from_pretrained(path, **config)
+    warnings.warn(f"no pretrained toy checkpoint in {TOY_CHECKPOINT}; using random weights "
+                  "(run `photochat pretrain --preset toy` to create it)")
+    return build_model("toy", seed=seed, model_config=PhotoChatConfig(**config) if config else None)
 
 
 def build_model(preset: str | Preset = "toy", seed: int = 0, model_config=None, **overrides):

@@ -65,3 +65,13 @@ def test_generate_really_runs_the_llm(model, monkeypatch):
     new = [i for i in out["ids"][0].tolist() if i not in (model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)]
     assert 0 < out["ids"].shape[1] <= 8
     assert reply.raw == model.tokenizer.decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def test_batched_generation_equals_one_by_one(model):
+    """Left-padded batches must not change greedy replies (padding is masked, positions shifted)."""
+    from photochat_lib.generation import generate_batch
+    contexts = [["Hi!"], ["I went to the fair today.", "Oh cool!", "I bought a red ball and a blue box."],
+                ["Look", Image.new("RGB", (32, 32), (200, 30, 30))]]
+    together = generate_batch(model, contexts, max_new_tokens=6, draw_images=False)
+    alone = [generate_batch(model, [c], max_new_tokens=6, draw_images=False)[0] for c in contexts]
+    assert [r.raw for r in together] == [r.raw for r in alone]

@@ -74,6 +74,15 @@ class Collator:
             if len(llm_tokenizer.tokenize(tok)) != 1:
                 raise ValueError(f"the LLM tokenizer must keep {tok} as one special token")
 
+    @classmethod
+    def for_model(cls, model, preset: str = "toy") -> "Collator":
+        """Return the collate step for a PhotoChatModel at the preset's image sizes and max length."""
+        from photochat_lib.data.images import image_transform, sd_image_transform
+        from photochat_lib.presets import get_preset
+        p = get_preset(preset)
+        return cls(model.tokenizer, model.image_generator.tokenizer, image_transform(p.image_size),
+                   sd_image_transform(p.sd_resolution), max_length=p.max_length)
+
     # ---- text ---------------------------------------------------------------------------------
     def _render(self, sample: Sample, context: list[Turn]) -> tuple[str, int, list[tuple[int, int]], list[int]]:
         """Return (text, response start char, caption char spans, context turn start chars)."""

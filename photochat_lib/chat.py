@@ -1,0 +1,84 @@
+"""`photochat chat`: a terminal photo-sharing chat with a trained model.
+
+Type a message and press Enter. Attach a photo with ``/image PATH`` (it joins the context as your
+turn); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
+and every photo it shares is drawn, saved under ``--out`` and its path printed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    """Add `photochat chat`."""
+    p = subparsers.add_parser("chat", help="chat in the terminal; attach photos with /image PATH",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="a PhotoChatModel folder (default: the shipped toy model; e.g. runs/e2e-s0/final)")
+    p.add_argument("--out", default="chat_photos", help="folder where the photos the model shares are saved")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="longest reply, in LLM tokens")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per drawn photo")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--sample", action="store_true", help="sample replies (default: greedy)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and drawing")
+    p.set_defaults(func=run)
+
+
+def run(args, stdin=None, stdout=None) -> int:
+    """Run the chat loop on stdin/stdout; returns 0."""
+    from PIL import Image
+
+    from .generation import generate
+    from .model import PhotoChatModel
+    from .presets import load_toy_model
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    say = lambda s: (stdout.write(s + "\n"), stdout.flush())
+    model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history, n_saved = [], 0
+    say("photochat — type a message; /image PATH to send a photo; /reset; /quit")
+    while True:
+        stdout.write("you> ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/reset":
+            history = []
+            say("(conversation reset)")
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                img = Image.open(path)
+                img.load()
+            except (OSError, ValueError) as e:
+                say(f"(cannot open image {path!r}: {e})")
+                continue
+            history.append(("A", img))
+            say(f"(photo {path} attached)")
+            continue
+        history.append(("A", line))
+        reply = generate(model, history, speaker="B", max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                         seed=args.seed + len(history), num_inference_steps=args.steps, guidance_scale=args.guidance)
+        for seg in reply.segments:
+            if seg.kind == "text":
+                history.append(("B", seg.text))
+                say(f"bot> {seg.text}")
+            elif seg.image is not None:
+                n_saved += 1
+                path = out / f"photo_{n_saved:03d}.png"
+                seg.image.save(path)
+                history.append(("B", seg.image))
+                say(f"bot> [shares a photo: {seg.text}] saved to {path}")
+            else:
+                say(f"bot> [tried to share a photo with an empty caption]")
+        for note in reply.notes:
+            say(f"(note: {note})")
+    return 0

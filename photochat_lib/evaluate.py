@@ -1,0 +1,176 @@
+"""Evaluation (paper §3.1.3): generate a reply for every (U, R) sample and score text and photos.
+
+* text — BLEU-1, BLEU-2, ROUGE-L (×100, Table 2) between the reply's *text* and the reference's text
+  (photos left out on both sides; tokenization and smoothing: `photochat_lib.metrics`);
+* photos — IS and FID (torch-fidelity; the toy world uses its registered toy feature extractor, real
+  presets InceptionV3) of the photos the model drew where the reference shares one, against the
+  reference photos; on the toy world also attribute accuracy: does the drawn photo hold the colours
+  and shapes of the *reference* caption (judged by the shipped toy classifier);
+* beyond the paper — share timing: precision / recall / F1 of "the reply shares a photo" against
+  the reference, and caption exact match.
+
+`photochat evaluate` writes ``predictions.jsonl`` (id, context, reference, prediction, image paths)
+and ``metrics.json``; given several models (one per seed) it adds their mean ± std.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def select_samples(samples, max_samples: int | None, seed: int = 0):
+    """Return up to max_samples samples: half photo-sharing, half not (seeded), in original order."""
+    if not max_samples or len(samples) <= max_samples:
+        return samples
+    g = torch.Generator().manual_seed(seed)
+    photo = [i for i, s in enumerate(samples) if s.shares_photo]
+    text = [i for i, s in enumerate(samples) if not s.shares_photo]
+    n_photo = min(len(photo), max_samples // 2)
+    pick = lambda idx, n: [idx[i] for i in torch.randperm(len(idx), generator=g)[:n].tolist()]
+    chosen = pick(photo, n_photo) + pick(text, max_samples - n_photo)
+    return [samples[i] for i in sorted(chosen)]
+
+
+def _context_text(sample) -> list[str]:
+    return [f"{t.speaker}: " + (t.text if t.text is not None else f"[photo: {t.photo.caption}]") for t in sample.context]
+
+
+@torch.no_grad()
+def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_inference_steps: int = 20,
+            guidance_scale: float = 3.0, seed: int = 0, image_dir: str | Path | None = None, progress: bool = False):
+    """Return one prediction record per sample (and the drawn PIL images, keyed by sample id)."""
+    from tqdm.auto import tqdm
+
+    from .generation import generate_batch
+    records, images = [], {}
+    for k in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="generate"):
+        chunk = samples[k:k + batch_size]
+        replies = generate_batch(model, [s.context for s in chunk], [s.speaker for s in chunk],
+                                 max_new_tokens=max_new_tokens, seed=seed + k,
+                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        for s, r in zip(chunk, replies):
+            ref_photos = s.target_photos()
+            rec = {"id": s.id, "context": _context_text(s), "reference": s.response_text(),
+                   "prediction": r.raw, "reference_shares": bool(ref_photos), "prediction_shares": r.shared_photo,
+                   "reference_captions": [p.caption for p in ref_photos], "prediction_captions": r.captions,
+                   "reference_images": [p.path for p in ref_photos], "prediction_images": [], "notes": r.notes}
+            for j, img in enumerate(r.images):
+                images.setdefault(s.id, []).append(img)
+                if image_dir is not None:
+                    path = Path(image_dir) / f"{s.id.replace(':', '_')}_{j}.png"
+                    img.save(path)
+                    rec["prediction_images"].append(str(path))
+            records.append(rec)
+    return records, images
+
+
+def score(records, images, preset: str = "toy", inception_weights: str | None = None) -> dict:
+    """Return the metric dict for prediction records (and drawn images keyed by sample id)."""
+    from .data.images import load_image
+    from .metrics import caption_bleu, share_timing, text_metrics
+    preds, refs = [r["prediction"] for r in records], [r["reference"] for r in records]
+    m = text_metrics(preds, refs)                       # BLEU-1, BLEU-2, Rouge-L of the text (photos stripped)
+    m["n_text"] = m.pop("n")
+    m.update({f"caption {k}": v for k, v in caption_bleu(preds, refs).items()})
+    m.update({f"share {k}": v for k, v in share_timing([r["prediction_shares"] for r in records],
+                                                       [r["reference_shares"] for r in records]).items()})
+    both = [r for r in records if r["reference_shares"] and r["prediction_shares"]]
+    with_ref = [r for r in records if r["reference_shares"]]
+    m["caption_exact"] = 100.0 * sum(r["prediction_captions"][:1] == r["reference_captions"][:1] for r in both) / max(1, len(both))
+    drawn = [(r, images[r["id"]][0]) for r in both if images.get(r["id"])]
+    m["image_coverage"] = 100.0 * len(drawn) / max(1, len(with_ref))
+    m["n_samples"], m["n_reference_photos"], m["n_drawn"] = len(records), len(with_ref), len(drawn)
+    if len(drawn) >= 2 and len(with_ref) >= 2:
+        from .fidelity import image_metrics
+        reals = [load_image(p) for r in with_ref for p in r["reference_images"][:1] if p]
+        extractor = "toy" if preset == "toy" else "inception-v3-compat"
+        m.update(image_metrics([img for _, img in drawn], reals, extractor=extractor, weights_path=inception_weights))
+        if preset == "toy":
+            from .toy_classifier import attribute_accuracy
+            m["attr_acc"] = 100.0 * attribute_accuracy([img for _, img in drawn],
+                                                       [r["reference_captions"][0] for r, _ in drawn])
+    return m
+
+
+def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "toy", max_samples: int | None = None,
+                   seed: int = 0, out_dir: str | Path | None = None, accelerator=None, progress: bool = False,
+                   **gen_kwargs) -> dict:
+    """Return {"metrics", "records"} for a model on a data split; write files when out_dir is given."""
+    from .data.photochat import read_photochat
+    from .data.samples import make_samples
+    samples = select_samples(make_samples(read_photochat(Path(data) / split)), max_samples, seed)
+    if accelerator is not None and not accelerator.is_main_process:
+        return {"metrics": {}, "records": []}
+    image_dir = None
+    if out_dir is not None:
+        image_dir = Path(out_dir) / "images"
+        image_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    records, images = predict(model, samples, seed=seed, image_dir=image_dir, progress=progress, **gen_kwargs)
+    model.train(was_training)
+    metrics = score(records, images, preset)
+    if out_dir is not None:
+        write_jsonl(Path(out_dir) / "predictions.jsonl", records)
+        write_json(Path(out_dir) / "metrics.json", metrics)
+    return {"metrics": metrics, "records": records}
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows) -> None:
+    """Write JSON lines atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Return {metric: {"mean", "std", "values"}} over runs (sample std; see metrics.mean_std)."""
+    from .metrics import mean_std
+    return mean_std(per_seed)
+
+
+def register(subparsers) -> None:
+    """Add `photochat evaluate`."""
+    p = subparsers.add_parser("evaluate", help="generate replies for a split and compute Table-2 metrics",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", required=True,
+                   help="PhotoChatModel folder(s), e.g. runs/e2e-s0/final; several (one per seed) → mean ± std")
+    p.add_argument("--data", default="data/toy", help="dataset root with <split>/ folders (PhotoChat format)")
+    p.add_argument("--split", default="test", help="split folder to evaluate (default: test)")
+    p.add_argument("--preset", default="toy", choices=["toy", "colab", "paper"],
+                   help="toy uses the toy feature extractor for IS/FID; others use InceptionV3")
+    p.add_argument("--out", required=True, help="output folder: predictions.jsonl, metrics.json, images/")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset (half photo-sharing)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the subset and for sampling")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per drawn photo")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--inception-weights", default=None,
+                   help="local InceptionV3 weights file for IS/FID (real presets; else torch-fidelity downloads)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from .model import PhotoChatModel
+    out = Path(args.out)
+    runs = []
+    for k, path in enumerate(args.model):
+        model = PhotoChatModel.from_pretrained(path)
+        sub = out / f"model{k}" if len(args.model) > 1 else out
+        res = evaluate_model(model, args.data, args.split, preset=args.preset, max_samples=args.max_samples,
+                             seed=args.seed, out_dir=sub, progress=True, num_inference_steps=args.steps,
+                             guidance_scale=args.guidance)
+        runs.append(res["metrics"])
+        print(f"[evaluate] {path}: " + ", ".join(f"{k} {v:.2f}" for k, v in res["metrics"].items()))
+    if len(runs) > 1:
+        write_json(out / "metrics.json", {"per_model": dict(zip(args.model, runs)), "mean_std": aggregate(runs)})
+    return 0

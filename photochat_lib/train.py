@@ -1,0 +1,422 @@
+"""Joint training (paper §2.5, §3.1.2): minimise L = L_t + α·L_v with AdamW under `accelerate`.
+
+Shaped after diffusers' ``train_text_to_image.py``: `parse_args()`-style options (`TrainConfig`),
+one `Accelerator` (gradient accumulation, fp16 autocast + gradient scaling on CUDA, fp32 on CPU),
+bookkeeping only when ``accelerator.sync_gradients``, ``save_state`` into ``checkpoint-{step}``,
+``--resume_from_checkpoint latest``, the last N checkpoints kept, a progress bar on the main
+process. What the paper fixes: AdamW (lr 5e-5, weight decay 0.01), batch 32, linear warm-up
+(1,000 steps; then constant — the paper names no decay), τ annealed 1 → 0.01 over three epochs
+(`TauScheduler`), α = 1, early stopping when dev BLEU-2 and FID have not improved for 4 epochs.
+
+Reproducibility. Every micro-step re-seeds torch's global RNG (dropout) and the model's noise
+generator (Gumbel noise, diffusion noise and timesteps) from (seed, process, micro-step), and each
+epoch's order comes from (seed, epoch). So a run killed at any point and resumed from its last
+checkpoint replays exactly the per-step losses of an uninterrupted run (tests/test_train.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .recipe import get_recipe
+from .stgs import TauScheduler
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/toy"                   # PhotoChat-format dataset root with train/ and dev/
+    output_dir: str = "runs/toy-end2end"     # checkpoints, losses.jsonl, metrics, final/ model
+    preset: str = "toy"                      # toy | colab | paper (architectures and recipe)
+    mode: str = "end2end"                    # end2end (joint, eq. 13) | pipeline (baseline, §3.1.4)
+    init: str | None = None                  # a PhotoChatModel folder to start from (toy: the shipped foundation)
+    seed: int = 0                            # data order, noise, dropout
+    max_epochs: int | None = None            # default: the recipe's
+    max_steps: int | None = None             # stop after this many optimizer steps (None: epochs decide)
+    micro_batch_size: int | None = None      # default: the recipe's
+    grad_accum_steps: int | None = None      # default: the recipe's
+    lr: float | None = None                  # default: the recipe's (paper 5e-5)
+    weight_decay: float | None = None        # default: the recipe's (paper 0.01)
+    warmup_steps: int | None = None          # default: the recipe's (paper 1,000)
+    alpha: float | None = None               # weight of L_v in eq. (13); default: the recipe's (1)
+    tau_start: float | None = None           # Gumbel temperature at step 0; default: the recipe's
+    tau_end: float | None = None             # temperature after annealing; default: the recipe's
+    tau_anneal_epochs: float | None = None   # epochs of annealing; default: the recipe's (3)
+    sd_caption_source: str = "gold"          # which caption eq. (11) tokenizes: gold | sampled
+    dvtm_impl: str = "batched"               # dense | sparse | batched
+    photo_only: bool = False                 # train only on responses that share a photo
+    max_train_samples: int | None = None     # cap the training set (a seeded random subset)
+    max_grad_norm: float = 1.0               # gradient clipping
+    checkpointing_steps: int = 100           # save a checkpoint every N optimizer steps
+    checkpoints_total_limit: int = 3         # keep the last N checkpoints
+    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest"
+    eval_every_epochs: int = 1               # dev evaluation (BLEU-2, FID) every N epochs; 0: never
+    eval_samples: int = 64                   # dev samples per evaluation (photo-sharing ones first)
+    early_stopping_patience: int | None = None  # default: the recipe's (4)
+    skip_nonfinite: bool = False             # skip a step with a non-finite loss/gradient instead of stopping
+    progress: bool = True                    # tqdm progress bar on the main process
+    log_ranks: bool = False                  # each process logs its batch ids and final weight hash (scale-out checks)
+    extra: dict = field(default_factory=dict)  # free-form notes written to config.json
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN/inf; the message names the step and the batch ids."""
+
+
+class EpochShuffle(Sampler):
+    """A permutation that depends only on (seed, epoch): resumable without saving RNG state."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def resolve(cfg: TrainConfig):
+    """Return (recipe with the config's overrides applied, effective settings dict)."""
+    from dataclasses import replace
+    recipe = get_recipe(cfg.preset)
+    over = {k: getattr(cfg, k) for k in ("micro_batch_size", "grad_accum_steps", "lr", "weight_decay",
+                                          "warmup_steps", "alpha", "tau_start", "tau_end", "tau_anneal_epochs",
+                                          "max_epochs", "early_stopping_patience") if getattr(cfg, k) is not None}
+    return replace(recipe, **over)
+
+
+def build_training_model(cfg: TrainConfig, recipe):
+    """Return the PhotoChatModel to train: from `cfg.init`, the shipped toy foundation, or the preset."""
+    from .model import PhotoChatConfig, PhotoChatModel
+    from .presets import build_model, shipped_toy_checkpoint
+    mc = dict(mode=cfg.mode, alpha=recipe.alpha, dvtm_impl=cfg.dvtm_impl,
+              sd_caption_source=cfg.sd_caption_source, preset=cfg.preset)
+    init = cfg.init or (shipped_toy_checkpoint() if cfg.preset == "toy" else None)
+    if init:
+        return PhotoChatModel.from_pretrained(init, **mc)
+    return build_model(cfg.preset, seed=cfg.seed, model_config=PhotoChatConfig(**mc))
+
+
+def make_loader(cfg, recipe, model, split: str):
+    """Return (dataset, DataLoader) over the split's (U, R) samples with the training collate step."""
+    from .data.collate import Collator, PhotoChatDataset
+    from .data.photochat import read_photochat
+    from .data.samples import make_samples
+    samples = make_samples(read_photochat(Path(cfg.data) / split), photo_only=cfg.photo_only)
+    if cfg.max_train_samples and len(samples) > cfg.max_train_samples:
+        g = torch.Generator().manual_seed(cfg.seed)
+        keep = sorted(torch.randperm(len(samples), generator=g)[: cfg.max_train_samples].tolist())
+        samples = [samples[i] for i in keep]
+    collate = Collator.for_model(model, cfg.preset)
+    ds = PhotoChatDataset(samples)
+    loader = DataLoader(ds, batch_size=recipe.micro_batch_size, sampler=EpochShuffle(len(ds), cfg.seed),
+                        collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed))
+    return ds, loader
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """Return the checkpoint-{step} folder with the highest step, or None."""
+    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+class Trainer:
+    """One training run: `Trainer(cfg).train()` returns the final trainer state."""
+
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate.utils import ProjectConfiguration
+
+        from .finetune import apply_recipe, param_groups
+        self.cfg, self.recipe = cfg, resolve(cfg)
+        precision = self.recipe.mixed_precision if torch.cuda.is_available() else "no"
+        # cpu=True on a GPU-less machine: under `accelerate launch --multi_gpu --num_processes N` this
+        # makes accelerate pick MULTI_CPU with the gloo backend (tests/test_train.py runs 2 processes).
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=self.recipe.grad_accum_steps, mixed_precision=precision,
+                               project_config=ProjectConfiguration(project_dir=cfg.output_dir),
+                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        torch.manual_seed(cfg.seed)
+        model = build_training_model(cfg, self.recipe)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        self.trainable = apply_recipe(model, self.recipe, weight_dtype)
+        self.train_ds, loader = make_loader(cfg, self.recipe, model, "train")
+        opt = torch.optim.AdamW(param_groups(model, self.recipe.weight_decay), lr=self.recipe.lr)
+        warm = max(1, self.recipe.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # linear warm-up
+        self.model, self.opt, self.loader, self.sched = self.acc.prepare(model, opt, loader, sched)
+        self.steps_per_epoch = math.ceil(len(self.loader) / self.recipe.grad_accum_steps)
+        self.tau = TauScheduler(steps_per_epoch=self.steps_per_epoch, tau_start=self.recipe.tau_start,
+                                tau_end=self.recipe.tau_end, anneal_epochs=self.recipe.tau_anneal_epochs)
+        self.state = {"global_step": 0, "epoch": 0, "batches_done": 0, "best": {}, "bad_epochs": 0,
+                      "history": [], "stopped": None}
+        self.out = Path(cfg.output_dir)
+        self._interrupted = False
+
+    @property
+    def unwrapped(self):
+        """The PhotoChatModel without accelerate's wrappers."""
+        return self.acc.unwrap_model(self.model)
+
+    # ----- checkpoints -----
+    def save_checkpoint(self) -> Path:
+        """Write checkpoint-{step} atomically (temp folder, then rename); keep the last N."""
+        final = self.out / f"checkpoint-{self.state['global_step']}"
+        tmp = self.out / f".tmp-{final.name}"
+        if self.acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)            # every process writes its RNG state into it
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        if self.acc.is_main_process:
+            _atomic_json(tmp / "trainer_state.json", {**self.state, "tau": self.tau.state_dict()})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            ckpts = sorted((p for p in self.out.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[-1]))
+            for old in ckpts[: max(0, len(ckpts) - self.cfg.checkpoints_total_limit)]:
+                shutil.rmtree(old)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, where: str) -> None:
+        """Restore model, optimizer, scheduler and trainer state from a checkpoint (or 'latest')."""
+        path = latest_checkpoint(self.out) if where == "latest" else Path(where)
+        if path is None:
+            self.acc.print(f"[train] no checkpoint in {self.out}; starting from scratch")
+            return
+        self.acc.load_state(str(path))
+        saved = json.loads((path / "trainer_state.json").read_text())
+        self.tau.load_state_dict(saved.pop("tau"))
+        self.state.update(saved)
+        self.acc.print(f"[train] resumed from {path} (step {self.state['global_step']})")
+
+    # ----- the loop -----
+    def _seed_micro_step(self, micro_step: int) -> torch.Generator:
+        s = (self.cfg.seed * 1_000_003 + self.acc.process_index * 7_919 + micro_step) % (2 ** 63)
+        torch.manual_seed(s)                                                   # dropout
+        return torch.Generator(device=self.acc.device).manual_seed(s)           # Gumbel + diffusion noise
+
+    def _log(self, record: dict) -> None:
+        if self.acc.is_main_process:
+            with open(self.out / "losses.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _trim_log(self) -> None:
+        """After a resume, drop log lines past the restored step (they will be replayed)."""
+        path = self.out / "losses.jsonl"
+        if self.acc.is_main_process and path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state["global_step"]]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, path)
+
+    def _on_sigint(self, signum, frame):
+        if self._interrupted:                      # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._interrupted = True
+        self.acc.print("\n[train] Ctrl-C: saving a checkpoint after this step (press again to abort)")
+
+    def train(self) -> dict:
+        """Run the training loop; returns the trainer state (steps, history, why it stopped)."""
+        from tqdm.auto import tqdm
+        cfg, r = self.cfg, self.recipe
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.acc.is_main_process:
+            _atomic_json(self.out / "config.json", {"train": asdict(cfg), "recipe": r.to_dict(),
+                                                     "trainable": self.trainable})
+        if cfg.resume_from_checkpoint:
+            self.load_checkpoint(cfg.resume_from_checkpoint)
+            self._trim_log()
+        max_steps = cfg.max_steps or r.max_epochs * self.steps_per_epoch
+        old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        bar = tqdm(total=max_steps, initial=self.state["global_step"], disable=not (cfg.progress and
+                   self.acc.is_local_main_process), desc=f"train {cfg.mode}")
+        try:
+            while self.state["global_step"] < max_steps and self.state["epoch"] < r.max_epochs:
+                if self._run_epoch(max_steps, bar):
+                    break
+        finally:
+            bar.close()
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+        if self.state["stopped"] != "interrupted":
+            self.save_final()
+        return self.state
+
+    def _run_epoch(self, max_steps: int, bar) -> bool:
+        """Run (the rest of) one epoch; return True when training must stop."""
+        cfg, st = self.cfg, self.state
+        self.loader.set_epoch(st["epoch"])
+        loader = self.acc.skip_first_batches(self.loader, st["batches_done"]) if st["batches_done"] else self.loader
+        self.model.train()
+        sums, n_micro = {"loss": 0.0, "text_loss": 0.0, "image_loss": 0.0}, 0
+        for batch in loader:
+            micro = st["epoch"] * len(self.loader) + st["batches_done"]
+            gen = self._seed_micro_step(micro)
+            tau = self.tau(st["global_step"])
+            with self.acc.accumulate(self.model):
+                out = self.model(batch, tau=tau, generator=gen)
+                finite = bool(torch.isfinite(out.loss))
+                if not finite:
+                    self._nonfinite("loss", batch)
+                else:
+                    self.acc.backward(out.loss)
+                if self.acc.sync_gradients:
+                    norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    if self.acc.mixed_precision == "no" and not torch.isfinite(torch.as_tensor(norm)):
+                        self._nonfinite("gradient", batch)
+                        self.opt.zero_grad(set_to_none=True)
+                    else:
+                        self.opt.step()
+                        self.sched.step()
+                    self.opt.zero_grad(set_to_none=True)
+            st["batches_done"] += 1
+            if cfg.log_ranks:
+                with open(self.out / f"batches.rank{self.acc.process_index}.jsonl", "a") as f:
+                    f.write(json.dumps({"micro": micro, "ids": batch["ids"]}) + "\n")
+            if finite:
+                for k in sums:
+                    sums[k] += float(getattr(out, k).detach())
+                n_micro += 1
+            if not self.acc.sync_gradients:
+                continue
+            st["global_step"] += 1
+            rec = {"step": st["global_step"], "epoch": st["epoch"], "tau": tau, "lr": self.sched.get_last_lr()[0],
+                   **{k: v / max(1, n_micro) for k, v in sums.items()}}
+            self._log(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", Lv=f"{rec['image_loss']:.3f}", tau=f"{tau:.3f}")
+            sums, n_micro = {k: 0.0 for k in sums}, 0
+            if st["global_step"] % cfg.checkpointing_steps == 0:
+                self.save_checkpoint()
+            if self._interrupted:
+                self.save_checkpoint()
+                st["stopped"] = "interrupted"
+                return True
+            if st["global_step"] >= max_steps:
+                st["stopped"] = "max_steps"
+                return True
+        st["epoch"] += 1
+        st["batches_done"] = 0
+        return self._end_of_epoch()
+
+    def _nonfinite(self, what: str, batch) -> None:
+        msg = (f"non-finite {what} at step {self.state['global_step'] + 1} (epoch {self.state['epoch']}), "
+               f"batch ids {batch['ids']}")
+        if not self.cfg.skip_nonfinite:
+            raise NonFiniteError(msg + "; rerun with --skip_nonfinite to skip such steps")
+        self.acc.print(f"[train] {msg}: step skipped")
+        self._log({"step": self.state["global_step"] + 1, "skipped": what, "ids": batch["ids"]})
+
+    def _end_of_epoch(self) -> bool:
+        """Evaluate on dev, update early stopping; return True when patience is exhausted."""
+        cfg, st = self.cfg, self.state
+        if not cfg.eval_every_epochs or st["epoch"] % cfg.eval_every_epochs or not (Path(cfg.data) / "dev").exists():
+            return False
+        from .evaluate import evaluate_model
+        metrics = evaluate_model(self.unwrapped, cfg.data, "dev", preset=cfg.preset, max_samples=cfg.eval_samples,
+                                 seed=cfg.seed, accelerator=self.acc)["metrics"]
+        self.model.train()
+        improved = []
+        best = st["best"]
+        if metrics.get("BLEU-2", -1) > best.get("BLEU-2", -1):
+            best["BLEU-2"] = metrics["BLEU-2"]
+            improved.append("BLEU-2")
+        if "FID" in metrics and metrics["FID"] < best.get("FID", float("inf")):
+            best["FID"] = metrics["FID"]
+            improved.append("FID")
+        st["bad_epochs"] = 0 if improved else st["bad_epochs"] + 1
+        st["history"].append({"epoch": st["epoch"], "step": st["global_step"], **metrics})
+        self.acc.print(f"[dev] epoch {st['epoch']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
+                                                                   if isinstance(v, float)))
+        if "BLEU-2" in improved and self.acc.is_main_process:
+            self._save_model(self.out / "best")
+        if st["bad_epochs"] >= self.recipe.early_stopping_patience:
+            st["stopped"] = f"early stopping: no better dev BLEU-2 or FID for {st['bad_epochs']} epochs"
+            return True
+        return False
+
+    def _save_model(self, path: Path) -> None:
+        """Save a loadable PhotoChatModel folder (LoRA merged into a copy) atomically."""
+        import copy
+
+        from .finetune import merge_lora_
+        model = self.unwrapped
+        if any("lora_" in n for n, _ in model.named_parameters()):
+            model = merge_lora_(copy.deepcopy(model))
+        tmp = path.with_name(f".tmp-{path.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+    def save_final(self) -> None:
+        """Write final/ (the last weights) and trainer_state.json."""
+        self.acc.wait_for_everyone()
+        if self.cfg.log_ranks:
+            import hashlib
+            h = hashlib.sha256()
+            for name, p in sorted(self.unwrapped.state_dict().items()):
+                h.update(name.encode()), h.update(p.detach().cpu().float().numpy().tobytes())
+            (self.out / f"weights.rank{self.acc.process_index}.sha256").write_text(h.hexdigest())
+        if self.acc.is_main_process:
+            self._save_model(self.out / "final")
+            _atomic_json(self.out / "trainer_state.json", self.state)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def register(subparsers) -> None:
+    """Add `photochat train`."""
+    import argparse
+
+    from .cliutil import add_dataclass_arguments
+    p = subparsers.add_parser("train", help="jointly train the model (end2end) or the pipeline baseline",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(p, TrainConfig)
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if output_dir already holds checkpoints or logs (they are deleted)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from .cliutil import dataclass_from_args
+    cfg = dataclass_from_args(TrainConfig, args)
+    out = Path(cfg.output_dir)
+    if not cfg.resume_from_checkpoint and (latest_checkpoint(out) or (out / "losses.jsonl").exists()):
+        if not args.overwrite:
+            print(f"[train] {out} already holds a run; use --resume_from_checkpoint latest or --overwrite")
+            return 2
+        shutil.rmtree(out)
+    try:
+        state = Trainer(cfg).train()
+    except NonFiniteError as e:
+        print(f"[train] stopped: {e}")
+        return 3
+    print(f"[train] done: {state['global_step']} steps, stopped: {state['stopped'] or 'max_epochs'}")
+    return 130 if state["stopped"] == "interrupted" else 0

@@ -1,0 +1,72 @@
+"""The repository's contracts: one dependency list in two files, the CLI, the scale-out configs."""
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    norm = lambda reqs: sorted(r.replace(" ", "").lower().replace("_", "-") for r in reqs)
+    assert norm(pip) == norm(wanted), "environment.yml and pyproject.toml must list the same requirements"
+
+
+def test_torch_pins_live_only_in_the_makefile():
+    pins = re.findall(r"torch==[\d.]+", (ROOT / "Makefile").read_text())
+    assert pins == ["torch==2.14.1"]
+    for f in ("pyproject.toml", "environment.yml", ".ci/run"):
+        assert "torch==" not in (ROOT / f).read_text(), f
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci/run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_console_script_runs():
+    res = subprocess.run([sys.executable, "-m", "photochat_lib.cli", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert res.returncode == 0 and "usage: photochat" in res.stdout, res.stderr
+
+
+@pytest.mark.parametrize("cmd", [["data"], ["train"], ["evaluate"], ["chat"], ["pretrain"], ["estimate-memory"],
+                                 ["demo"], ["data", "toy"], ["data", "stats"], ["data", "download"]])
+def test_every_command_has_help(cmd, capsys):
+    from photochat_lib.cli import build_parser
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*cmd, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: photochat " + " ".join(cmd))
+    parser = build_parser()
+    for action in _subparser(parser, cmd)._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and len(action.help) > 10, f"{cmd} {action.option_strings} has no help string"
+
+
+def _subparser(parser, cmd):
+    import argparse
+    for word in cmd:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return parser
+
+
+@pytest.mark.parametrize("name,kind", [("deepspeed_zero2.yaml", "DEEPSPEED"), ("fsdp.yaml", "FSDP")])
+def test_scale_out_configs_are_valid_accelerate_configs(name, kind):
+    from accelerate.commands.config.config_args import ClusterConfig
+    cfg = ClusterConfig.from_yaml_file(ROOT / "photochat_lib" / "configs" / "accelerate" / name)
+    assert cfg.distributed_type.value == kind and cfg.mixed_precision == "fp16"

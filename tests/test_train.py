@@ -1,0 +1,176 @@
+"""The trainer: resumable to the bit after SIGKILL, Ctrl-C saves, non-finite steps caught, recipes
+(freeze / LoRA) applied, and two gloo processes that see different data and end identical."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from photochat_lib.data.toy_world import write_toy_dataset
+from photochat_lib.train import NonFiniteError, TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--max_train_samples", "32", "--micro_batch_size", "4", "--eval_every_epochs", "0", "--no-progress",
+          "--warmup_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    write_toy_dataset(out, seed=0, n_train=40, n_dev=8, n_test=8)
+    return out
+
+
+def photochat(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "photochat_lib.cli", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (run / "losses.jsonl").read_text().splitlines() if ln]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def wait_for_step(run: Path, proc, step: int, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if (run / "losses.jsonl").exists() and max(losses(run), default=0) >= step:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise TimeoutError(f"step {step} not reached")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_replays_the_same_losses(toy_data, tmp_path):
+    steps = ["--max_steps", "6", "--checkpointing_steps", "2"]
+    ref = tmp_path / "ref"
+    p = photochat("train", "--data", toy_data, "--output_dir", ref, *steps, *COMMON)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    run = tmp_path / "killed"
+    p = photochat("train", "--data", toy_data, "--output_dir", run, *steps, *COMMON)
+    wait_for_step(run, p, 3)          # checkpoint-2 exists, step 3 done: then kill without warning
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (run / "checkpoint-2").is_dir() and not (run / "final").exists()
+    # a checkpoint being written when the kill came stays a .tmp-* folder; every named one is complete
+    assert all((c / "trainer_state.json").exists() for c in run.glob("checkpoint-*"))
+    p = photochat("train", "--data", toy_data, "--output_dir", run, *steps, *COMMON, "--resume_from_checkpoint", "latest")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert "resumed from" in out
+    a, b = losses(ref), losses(run)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert a == b, "per-step losses must replay exactly after SIGKILL + resume"
+    assert (run / "final" / "photochat.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_first(toy_data, tmp_path):
+    run = tmp_path / "int"
+    p = photochat("train", "--data", toy_data, "--output_dir", run, "--max_steps", "50",
+                  "--checkpointing_steps", "1000", *COMMON)
+    wait_for_step(run, p, 2)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 130, out
+    saved = [int(c.name.split("-")[1]) for c in run.glob("checkpoint-*")]
+    assert len(saved) == 1 and saved[0] == max(losses(run))
+    state = json.loads((run / f"checkpoint-{saved[0]}" / "trainer_state.json").read_text())
+    assert state["global_step"] == saved[0]
+
+
+def small_cfg(toy_data, out, **kw):
+    return TrainConfig(data=str(toy_data), output_dir=str(out), max_train_samples=16, micro_batch_size=4,
+                       eval_every_epochs=0, progress=False, warmup_steps=1, **kw)
+
+
+def test_nonfinite_loss_stops_with_step_and_batch_ids(toy_data, tmp_path, monkeypatch):
+    tr = Trainer(small_cfg(toy_data, tmp_path / "nan", max_steps=3))
+    model = tr.unwrapped
+    real = model.forward
+
+    def poisoned(batch, tau=1.0, generator=None):
+        out = real(batch, tau=tau, generator=generator)
+        if tr.state["global_step"] == 1:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(model, "forward", poisoned)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 2 .*batch ids \['train-"):
+        tr.train()
+
+
+def test_skip_nonfinite_skips_the_step_and_goes_on(toy_data, tmp_path, monkeypatch):
+    tr = Trainer(small_cfg(toy_data, tmp_path / "skip", max_steps=3, skip_nonfinite=True))
+    model = tr.unwrapped
+    real = model.forward
+
+    def poisoned(batch, tau=1.0, generator=None):
+        out = real(batch, tau=tau, generator=generator)
+        if tr.state["global_step"] == 1:
+            out.loss = out.loss * float("inf")
+        return out
+
+    monkeypatch.setattr(model, "forward", poisoned)
+    state = tr.train()
+    rows = [json.loads(ln) for ln in (tmp_path / "skip" / "losses.jsonl").read_text().splitlines()]
+    assert state["global_step"] == 3 and any(r.get("skipped") == "loss" for r in rows)
+
+
+def test_lora_recipe_trains_only_adapters_qformer_and_new_rows(toy_data, tmp_path, monkeypatch):
+    """The paper's split (LLM and UNet LoRA, ViT / text encoder frozen) applied to the toy model."""
+    from dataclasses import replace
+
+    import photochat_lib.train as T
+    from photochat_lib.recipe import get_recipe
+    from photochat_lib.tokens import SPECIAL_TOKENS
+    paperlike = replace(get_recipe("paper"), preset="toy", mixed_precision="no", micro_batch_size=4,
+                        grad_accum_steps=1, llm_gradient_checkpointing=False, unet_gradient_checkpointing=False,
+                        lr=1e-2, warmup_steps=1)
+    monkeypatch.setattr(T, "get_recipe", lambda preset: paperlike)
+    tr = Trainer(small_cfg(toy_data, tmp_path / "lora", max_steps=2))
+    model = tr.unwrapped
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert tr.trainable["vision"] == 0 and tr.trainable["text_encoder"] == 0
+    assert 0 < tr.trainable["unet"] < sum(p.numel() for n, p in model.image_generator.unet.named_parameters()
+                                          if "lora_" not in n)
+    tr.train()
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert any("lora_" in n and "llm" in n for n in changed) and any("lora_" in n and "unet" in n for n in changed)
+    assert any(n.startswith("perceptron.qformer") for n in changed)
+    assert not any(n.startswith(("perceptron.vision_model", "image_generator.text_encoder", "image_generator.vae"))
+                   for n in changed)
+    emb = "llm.model.embed_tokens.weight"
+    special = model.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
+    rows = (before[emb] != after[emb].detach()).any(dim=1).nonzero().flatten().tolist()
+    assert set(rows) <= set(special), "only the [IMG], [/IMG], <image> rows of a frozen table may move"
+    # the saved final model has LoRA merged and loads through the ordinary loader
+    from photochat_lib.model import PhotoChatModel
+    loaded = PhotoChatModel.from_pretrained(tmp_path / "lora" / "final")
+    assert not any("lora_" in n for n, _ in loaded.named_parameters())
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "photochat_lib.cli", "train", "--data", str(toy_data), "--output_dir", str(run),
+           "--max_steps", "3", "--checkpointing_steps", "2", "--log_ranks", *COMMON]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ids = [[i for ln in (run / f"batches.rank{r}.jsonl").read_text().splitlines() for i in json.loads(ln)["ids"]]
+           for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == 12 and not set(ids[0]) & set(ids[1])
+    h0, h1 = ((run / f"weights.rank{r}.sha256").read_text() for r in (0, 1))
+    assert h0 == h1
+    assert (run / "checkpoint-2" / "random_states_1.pkl").exists()
