@@ -50,8 +50,8 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build book/ --warningiserror
 
 # open the built site in headless Chromium; screenshots go to book/_build/screenshots/
-book-test: $(STAMP)
-	$(PY) -m pytest -q tests/browser
+book-test: book
+	$(PY) -m pytest -q book/tests
 
 clean-venv:
 	rm -rf $(VENV)
