@@ -174,3 +174,23 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
     h0, h1 = ((run / f"weights.rank{r}.sha256").read_text() for r in (0, 1))
     assert h0 == h1
     assert (run / "checkpoint-2" / "random_states_1.pkl").exists()
+
+
+def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_data, tmp_path, monkeypatch):
+    """Dev BLEU-2 / FID improve for two epochs, then stall: training stops `patience` epochs later."""
+    import photochat_lib.evaluate as E
+    scores = iter([(1.0, 90.0), (2.0, 80.0), (1.5, 85.0), (2.0, 80.0), (1.9, 81.0), (0.5, 99.0), (9.0, 1.0)])
+
+    def fake_eval(model, data, split, **kw):
+        b2, fid = next(scores)
+        return {"metrics": {"BLEU-2": b2, "FID": fid}, "records": []}
+
+    monkeypatch.setattr(E, "evaluate_model", fake_eval)
+    cfg = small_cfg(toy_data, tmp_path / "es", max_steps=None, early_stopping_patience=3, max_epochs=20)
+    cfg.eval_every_epochs = 1
+    cfg.max_train_samples = 4                      # one step per epoch
+    state = Trainer(cfg).train()
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4, 5]
+    assert state["best"] == {"BLEU-2": 2.0, "FID": 80.0} and state["bad_epochs"] == 3
+    assert state["stopped"].startswith("early stopping")
+    assert (tmp_path / "es" / "best" / "photochat.json").exists() and state["global_step"] == 5
