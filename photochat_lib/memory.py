@@ -52,8 +52,6 @@ PRESET_CONFIGS = {  # component -> config file (without .json) in photochat_lib/
               "text_encoder": "sd21base_text_encoder", "unet": "sd21base_unet", "vae": "sd21base_vae"},
     "colab": {"llm": "colab_llm", "vision": "blip2_vision", "qformer": "blip2_qformer",
               "text_encoder": "sd21base_text_encoder", "unet": "sd21base_unet", "vae": "sd21base_vae"},
-    "toy": {"llm": "toy_llm", "vision": "toy_vision", "qformer": "toy_qformer",
-            "text_encoder": "toy_text_encoder", "unet": "toy_unet", "vae": "toy_vae"},
 }
 ADDED_LLM_TOKENS = {"paper": len(SPECIAL_TOKENS), "colab": len(SPECIAL_TOKENS), "toy": 0}  # resized rows
 
@@ -79,8 +77,10 @@ def build_meta_components(preset: str) -> dict[str, nn.Module]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import (Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel,
                               CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaForCausalLM)
+    if preset == "toy":                      # the toy preset's configs live in code: build the real thing
+        return _toy_components()
     if preset not in PRESET_CONFIGS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESET_CONFIGS)}")
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESET_CONFIGS)} or 'toy'")
     cfg = {k: load_config(v) for k, v in PRESET_CONFIGS[preset].items()}
     llm_cfg = LlamaConfig.from_dict(model_kwargs(cfg["llm"]))
     llm_cfg.vocab_size += ADDED_LLM_TOKENS[preset]          # [IMG], [/IMG], <image> rows (text_generator)
@@ -98,6 +98,17 @@ def build_meta_components(preset: str) -> dict[str, nn.Module]:
         }
         parts["qformer"].query_tokens = nn.Parameter(torch.empty(1, n_queries, qformer_cfg.hidden_size))  # Q
     return parts
+
+
+def _toy_components() -> dict[str, nn.Module]:
+    """Return the toy preset's components as `presets.build_toy_components` builds them, on the meta device."""
+    from .presets import build_toy_components
+    with torch.device("meta"):
+        llm, _, perceptron, gen = build_toy_components()
+    perceptron.qformer.query_tokens = perceptron.query_tokens          # counted with the Q-Former, as above
+    return {"llm": llm, "vision": perceptron.vision_model, "qformer": perceptron.qformer,
+            "projection": perceptron.language_projection, "text_encoder": gen.text_encoder,
+            "unet": gen.unet, "vae": gen.vae}
 
 
 def count_params(module: nn.Module) -> int:

@@ -104,10 +104,17 @@ def test_lora_count_matches_peft_on_tiny_llama():
     assert ours == trainable == 2 * spec.rank * ((64 + 64) * 2 + (64 + 32) * 2)
 
 
+# a small SD-style UNet for calibrating the estimator against real CPU tensors
+SMALL_UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64],
+              "layers_per_block": 1, "attention_head_dim": 8, "cross_attention_dim": 32, "norm_num_groups": 8,
+              "use_linear_projection": True, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}
+
+
 def test_lora_count_matches_peft_on_small_unet_and_bad_targets_fail():
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
-    unet = UNet2DConditionModel.from_config(load_config("toy_unet"))
+    unet = UNet2DConditionModel.from_config(SMALL_UNET)
     ours = lora_param_count(unet, 4, SD_ATTENTION)
     unet.requires_grad_(False)
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=list(SD_ATTENTION)), unet)
@@ -139,7 +146,7 @@ def test_transformer_formula_matches_saved_tensors_of_real_layers():
 def test_unet_meta_measurement_matches_real_cpu_forward():
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
-    cfg = dict(load_config("toy_unet"), sample_size=16)
+    cfg = dict(SMALL_UNET, sample_size=16)
     torch.manual_seed(0)
     real = UNet2DConditionModel.from_config(memory.model_kwargs(cfg))
     x, ctx = torch.randn(2, 4, 16, 16), torch.randn(2, 8, 32, requires_grad=True)
