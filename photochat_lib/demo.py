@@ -91,6 +91,7 @@ def _train_and_evaluate(args, mode: str, seed: int) -> dict:
 
 def write_report(args, results: dict, seconds: float) -> str:
     """Write reports/toy_results.md and toy_samples.png; return the markdown."""
+    from .atomic import write_text
     from .metrics import format_mean_std, mean_std
     out = Path(args.reports)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,9 +118,7 @@ def write_report(args, results: dict, seconds: float) -> str:
         "the reference caption.", "",
         "The paper's Table 2 (PhotoChat, Llama-2-7b + SD-2.1, InceptionV3) for reference:", "", *paper, "",
         f"![sample dialogues]({png.name})", ""])
-    tmp = out / "toy_results.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(out / "toy_results.md")
+    write_text(out / "toy_results.md", md)
     return md
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_json, write_jsonl
+
 
 def select_samples(samples, max_samples: int | None, seed: int = 0):
     """Return up to max_samples samples: half photo-sharing, half not (seeded), in original order."""
@@ -117,20 +119,6 @@ def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "
         write_jsonl(Path(out_dir) / "predictions.jsonl", records)
         write_json(Path(out_dir) / "metrics.json", metrics)
     return {"metrics": metrics, "records": records}
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows) -> None:
-    """Write JSON lines atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
 
 
 def aggregate(per_seed: list[dict]) -> dict:

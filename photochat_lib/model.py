@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .atomic import write_json
 from .dvtm import dvtm_average, straight_through_sd
 from .image_generator import ImageGenerator
 from .image_perceptron import ImagePerceptron
@@ -167,10 +168,7 @@ class PhotoChatModel(nn.Module):
         self.tokenizer.save_pretrained(os.path.join(path, "llm"))
         self.perceptron.save_pretrained(os.path.join(path, "perceptron"))
         self.image_generator.save_pretrained(os.path.join(path, "sd"))
-        tmp = os.path.join(path, "photochat.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self.config), f, indent=2)
-        os.replace(tmp, os.path.join(path, "photochat.json"))
+        write_json(os.path.join(path, "photochat.json"), asdict(self.config))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "PhotoChatModel":

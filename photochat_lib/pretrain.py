@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import replace_dir, write_json
 from .data.collate import Collator
 from .data.samples import Sample
 from .data.schema import Turn
@@ -153,37 +154,6 @@ def heldout_lm_loss(llm, tokenizer, cfg: LLMPretrainConfig, seed: int = 0) -> fl
     stream = packed_blocks(random.Random(f"photochat-pretrain-llm-heldout:{seed}"), collator, cfg)
     batch = lm_batch([next(stream) for _ in range(cfg.n_eval)])
     return lm_loss(llm.eval(), batch).item()
-
-
-# ----- atomic folders -----
-def replace_dir(final: Path, write) -> Path:
-    """Call write(tmp) on a fresh temp sibling of final, then swap it into place; return final."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a shipped folder must be readable by everyone
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def write_json(path: Path, obj) -> None:
-    """Write obj as indented JSON atomically (temp file beside path, then os.replace)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600
-    os.replace(tmp, path)
 
 
 def _save_llm(llm, tokenizer, metrics: dict):

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from photochat_lib.atomic import write_file, write_json
 from photochat_lib.data.toy_world import (BACKGROUNDS, COLOURS, NOUNS, POSITIONS, SHAPES, SIZES, ToyObject,
                                           draw_photo)
 
@@ -232,24 +233,11 @@ def save_toy_classifier(model: ToyClassifier, out_dir: str | Path, extra: dict |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _atomic(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    write_file(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     config = {**asdict(model.config), "classes": [f"{c} {s}" for c, s in CLASSES],
               "backgrounds": BACKGROUND_NAMES, **(extra or {})}
-    _atomic(out / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    write_json(out / "config.json", config)
     return out
-
-
-def _atomic(path: Path, write) -> None:
-    """Call write(tmp) on a temp file beside path, then rename it onto path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; shipped weights must be readable by all
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_toy_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> ToyClassifier:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .atomic import replace_dir, write_json, write_text
 from .recipe import get_recipe
 from .stgs import TauScheduler
 
@@ -127,12 +128,6 @@ def make_loader(cfg, recipe, model, split: str):
     return ds, loader
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """Return the checkpoint-{step} folder with the highest step, or None."""
     ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
@@ -180,6 +175,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write checkpoint-{step} atomically (temp folder, then rename); keep the last N."""
         final = self.out / f"checkpoint-{self.state['global_step']}"
+        if final.exists():                     # this step is saved already (e.g. Ctrl-C right after a save)
+            return final
         tmp = self.out / f".tmp-{final.name}"
         if self.acc.is_main_process:
             if tmp.exists():
@@ -188,9 +185,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp), safe_serialization=True)
         if self.acc.is_main_process:
-            _atomic_json(tmp / "trainer_state.json", {**self.state, "tau": self.tau.state_dict()})
-            if final.exists():
-                shutil.rmtree(final)
+            write_json(tmp / "trainer_state.json", {**self.state, "tau": self.tau.state_dict()})
             os.replace(tmp, final)
             ckpts = sorted((p for p in self.out.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[-1]))
             for old in ckpts[: max(0, len(ckpts) - self.cfg.checkpoints_total_limit)]:
@@ -226,9 +221,7 @@ class Trainer:
         path = self.out / "losses.jsonl"
         if self.acc.is_main_process and path.exists():
             keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state["global_step"]]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, path)
+            write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _on_sigint(self, signum, frame):
         if self._interrupted:                      # second Ctrl-C: stop now
@@ -242,7 +235,7 @@ class Trainer:
         cfg, r = self.cfg, self.recipe
         self.out.mkdir(parents=True, exist_ok=True)
         if self.acc.is_main_process:
-            _atomic_json(self.out / "config.json", {"train": asdict(cfg), "recipe": r.to_dict(),
+            write_json(self.out / "config.json", {"train": asdict(cfg), "recipe": r.to_dict(),
                                                      "trainable": self.trainable})
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
@@ -364,13 +357,7 @@ class Trainer:
         model = self.unwrapped
         if any("lora_" in n for n, _ in model.named_parameters()):
             model = merge_lora_(copy.deepcopy(model))
-        tmp = path.with_name(f".tmp-{path.name}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        replace_dir(path, model.save_pretrained)
 
     def save_final(self) -> None:
         """Write final/ (the last weights) and trainer_state.json."""
@@ -383,7 +370,7 @@ class Trainer:
             (self.out / f"weights.rank{self.acc.process_index}.sha256").write_text(h.hexdigest())
         if self.acc.is_main_process:
             self._save_model(self.out / "final")
-            _atomic_json(self.out / "trainer_state.json", self.state)
+            write_json(self.out / "trainer_state.json", self.state)
 
 
 def _main_thread() -> bool:

@@ -34,8 +34,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .http_fetch import (FetchConfig, Manifest, build_opener, fetch, fsync_dir, sha256_file, still_ok,
-                         strong_validator, write_atomic)
+from ..atomic import fsync_dir, write_text
+from .http_fetch import (FetchConfig, Manifest, build_opener, fetch, sha256_file, still_ok,
+                         strong_validator)
 
 BASE_URL = "https://raw.githubusercontent.com/google-research/google-research/master/multimodalchat/photochat/"
 SPLIT_FILES = {"train": 21, "dev": 2, "test": 2}   # train/train_00..20.json, dev/dev_00..01.json, ...
@@ -280,7 +281,7 @@ def _write_dead_urls(dest: Path, man: Manifest, plan: dict) -> tuple[Path, list[
     text = "# split\tdialogue_id\tstatus\turl  (photos that could not be downloaded; see manifest.json)\n"
     text += "".join("\t".join(r) + "\n" for r in rows)
     path = dest / "dead_urls.txt"
-    write_atomic(path, text.encode())
+    write_text(path, text)
     return path, rows
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -29,6 +28,8 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..atomic import write_bytes
 
 USER_AGENT = "photochat-downloader/0.1 (+https://github.com/google-research/google-research)"
 CHUNK = 64 * 1024
@@ -239,37 +240,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Flush a directory entry (after os.replace) where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder, fsync and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
 class Manifest:
     """`<dest>/manifest.json`: one entry per file, saved atomically and every few seconds."""
 
@@ -307,7 +277,7 @@ class Manifest:
                         images.setdefault(split, {})[str(e["dialogue_id"])] = e["path"]
             self.data["images"] = images
             self.data["summary"] = dict(Counter(e.get("status") for e in self.data["files"].values()))
-            write_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
+            write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
             self._saved = time.monotonic()
 
 

@@ -27,14 +27,13 @@ so growing a split never changes its earlier dialogues. Same seed -> byte-identi
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from ..atomic import replace_dir
 
 COLOURS = {  # object colour -> RGB
     "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
@@ -202,11 +201,9 @@ def toy_texts(n: int = 400, seed: int = 0) -> list[str]:
 
 def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev: int = 100,
                       n_test: int = 100, image_size: int = 32) -> Path:
-    """Write the toy dataset under out (atomically: built in a temp dir, then renamed); returns out."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    """Write the toy dataset under out (atomically: built in a temp dir, then swapped in); returns out."""
+
+    def write(tmp: Path) -> None:
         labels = {}
         for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
             (tmp / split / "images").mkdir(parents=True)
@@ -220,18 +217,8 @@ def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev:
                 dialogues.append(d)
             _write_json(tmp / split / f"{split}_00.json", dialogues)
         _write_json(tmp / "labels.json", labels)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return replace_dir(out, write)
 
 
 def _write_json(path: Path, obj) -> None:
