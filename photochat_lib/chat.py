@@ -78,7 +78,7 @@ def run(args, stdin=None, stdout=None) -> int:
                 history.append(("B", seg.image))
                 say(f"bot> [shares a photo: {seg.text}] saved to {path}")
             else:
-                say(f"bot> [tried to share a photo with an empty caption]")
+                say("bot> [tried to share a photo with an empty caption]")
         for note in reply.notes:
             say(f"(note: {note})")
     return 0

@@ -15,8 +15,6 @@ and ``metrics.json``; given several models (one per seed) it adds their mean ± 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import torch

@@ -22,11 +22,8 @@ Every component folder is built in a temporary sibling and renamed into place.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

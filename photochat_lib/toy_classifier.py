@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

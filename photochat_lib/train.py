@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import signal
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

@@ -12,7 +12,7 @@ from photochat_lib.data.dialogcc import read_dialogcc
 from photochat_lib.data.photochat import read_photochat
 from photochat_lib.data.samples import make_samples
 from photochat_lib.data.schema import DataError, Photo, ReadReport, Turn
-from photochat_lib.data.stats import dialogue_stats, format_table
+from photochat_lib.data.stats import dialogue_stats
 
 FIX = Path(__file__).parent / "fixtures"
 

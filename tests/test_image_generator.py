@@ -1,7 +1,6 @@
 """The image generator (eq. 12): one-hot captions through CLIP, the diffusion loss, guided sampling."""
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from photochat_lib.image_generator import ImageGenerator
