@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import re
+
 import torch
 from PIL import Image
 
@@ -82,6 +84,23 @@ def parse_reply(raw: str) -> Reply:
     return reply
 
 
+def own_turn(text: str, tag: str) -> tuple[str, str | None]:
+    """Return (the reply up to the first line another speaker opens, that speaker's tag or None).
+
+    The chat layout writes every turn as a line "<tag>: text"; a model that has not learned to end its
+    turn with eos may write the other speaker's next line too. The replying speaker's own further lines
+    (a run of consecutive turns, §2.1) are kept, without their tags.
+    """
+    lines = text.split("\n")
+    keep = [lines[0]]
+    for line in lines[1:]:
+        m = re.match(r"(\w+):", line)
+        if m and m.group(1) != tag:
+            return "\n".join(keep), m.group(1)
+        keep.append(line[m.end():] if m else line)
+    return "\n".join(keep), None
+
+
 def _add_text(reply: Reply, text: str) -> None:
     text = " ".join(text.split())
     if text:
@@ -107,7 +126,7 @@ def generate(model, context, speaker: str | None = None, max_new_tokens: int = 4
 def generate_batch(model, contexts: list, speakers: list | None = None, max_new_tokens: int = 48,
                    do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
                    draw_images: bool = True, num_inference_steps: int = 20, guidance_scale: float = 3.0,
-                   image_batch_size: int = 64) -> list[Reply]:
+                   image_batch_size: int = 16) -> list[Reply]:
     """Return one Reply per context, generated together (left-padded prompts, one LLM.generate)."""
     from .data.collate import Collator
     from .data.images import load_image
@@ -115,11 +134,12 @@ def generate_batch(model, contexts: list, speakers: list | None = None, max_new_
     tok = model.tokenizer
     collator = Collator(tok, model.image_generator.tokenizer, image_transform=None, sd_image_transform=None,
                         max_length=model.llm.config.max_position_embeddings)
-    rows, photos, photo_rows = [], [], []
+    rows, photos, photo_rows, tags = [], [], [], []
     for b, (ctx, who) in enumerate(zip(contexts, speakers or [None] * len(contexts))):
         turns, who, images = _normalise_context(ctx, who)
         prompt = collator.encode_prompt(turns, who, max_new_tokens=max_new_tokens)
         rows.append(prompt["input_ids"][0])
+        tags.append(prompt["tag"])
         for t in prompt["context"]:                                              # photos that still fit
             if t.photo is not None:
                 photos.append(images.get(id(t)) or load_image(t.photo))
@@ -138,21 +158,24 @@ def generate_batch(model, contexts: list, speakers: list | None = None, max_new_
         kw.update(temperature=temperature, top_k=top_k or None)
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask.to(model.device), **kw)
     replies = []
-    for row in out.tolist():
+    for row, tag in zip(out.tolist(), tags):
         ids = []
         for i in row:
             if i == tok.eos_token_id:
                 break
             if i != tok.pad_token_id:
                 ids.append(i)
-        replies.append(parse_reply(tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)))
+        text, cut = own_turn(tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), tag)
+        replies.append(parse_reply(text))
+        if cut:
+            replies[-1].notes.append(f"reply cut where speaker {cut} began a turn")
     if draw_images:
         draw_photos(model, replies, num_inference_steps, guidance_scale, seed, image_batch_size)
     return replies
 
 
 def draw_photos(model, replies: Reply | list[Reply], num_inference_steps: int = 20, guidance_scale: float = 3.0,
-                seed: int = 0, batch_size: int = 64) -> None:
+                seed: int = 0, batch_size: int = 16) -> None:
     """Draw every non-empty caption of the replies with the image generator (in place)."""
     replies = [replies] if isinstance(replies, Reply) else replies
     todo = [s for r in replies for s in r.segments if s.kind == "photo" and s.text]

@@ -75,3 +75,10 @@ def test_batched_generation_equals_one_by_one(model):
     together = generate_batch(model, contexts, max_new_tokens=6, draw_images=False)
     alone = [generate_batch(model, [c], max_new_tokens=6, draw_images=False)[0] for c in contexts]
     assert [r.raw for r in together] == [r.raw for r in alone]
+
+
+def test_reply_stops_where_another_speaker_begins(model, monkeypatch):
+    scripted_llm(model, monkeypatch, "Sure!\nB: Here it is.\nA: Thanks!\nB: more")
+    reply = generate(model, [("A", "Show me!")], speaker="B", draw_images=False)
+    assert reply.raw == "Sure!\n Here it is." and reply.text == "Sure! Here it is."
+    assert reply.notes == ["reply cut where speaker A began a turn"]

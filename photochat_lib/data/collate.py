@@ -147,7 +147,7 @@ class Collator:
         return {"input_ids": ids, "labels": labels, "caption_positions": cap, "context": context}
 
     def encode_prompt(self, context: list[Turn], speaker: str, max_new_tokens: int = 0) -> dict:
-        """Return the generation prompt: ids of the context plus the responder's tag, and the kept turns.
+        """Return the generation prompt: ids of the context plus the responder's tag, the kept turns, the tag.
 
         Uses the training layout exactly (via `encode` on a one-token probe response), so inference
         sees what training saw; oldest turns are dropped until the prompt + `max_new_tokens` fit.
@@ -161,7 +161,8 @@ class Collator:
         finally:
             self.max_length = saved
         start = next(i for i, lab in enumerate(e["labels"]) if lab != IGNORE_INDEX)  # first response token
-        return {"input_ids": torch.tensor([e["input_ids"][:start]]), "context": e["context"]}
+        return {"input_ids": torch.tensor([e["input_ids"][:start]]), "context": e["context"],
+                "tag": _tags(probe)[speaker]}
 
     # ---- batch --------------------------------------------------------------------------------
     def _empty(self, transform: Callable) -> torch.Tensor:
