@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--runs", default="runs/toy", help="where each training run and its evaluation go")
     p.add_argument("--reports", default="reports", help="where toy_results.md and toy_samples.png go")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (the paper uses three)")
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps per training run (4 epochs of 1,200 samples)")
     p.add_argument("--train-samples", type=int, default=1200,
                    help="training samples per run (a seeded subset of the toy train split; one epoch = "
                         "train-samples / batch steps, so τ anneals over the first 3 such epochs)")
