@@ -91,34 +91,30 @@ def small_cfg(toy_data, out, **kw):
                        eval_every_epochs=0, progress=False, warmup_steps=1, **kw)
 
 
-def test_nonfinite_loss_stops_with_step_and_batch_ids(toy_data, tmp_path, monkeypatch):
-    tr = Trainer(small_cfg(toy_data, tmp_path / "nan", max_steps=3))
-    model = tr.unwrapped
+def poison_step_2(trainer, monkeypatch, value: float) -> None:
+    """Make the loss of optimizer step 2 non-finite (multiplied by nan or inf)."""
+    model = trainer.unwrapped
     real = model.forward
 
     def poisoned(batch, tau=1.0, generator=None):
         out = real(batch, tau=tau, generator=generator)
-        if tr.state["global_step"] == 1:
-            out.loss = out.loss * float("nan")
+        if trainer.state["global_step"] == 1:
+            out.loss = out.loss * value
         return out
 
     monkeypatch.setattr(model, "forward", poisoned)
+
+
+def test_nonfinite_loss_stops_with_step_and_batch_ids(toy_data, tmp_path, monkeypatch):
+    tr = Trainer(small_cfg(toy_data, tmp_path / "nan", max_steps=3))
+    poison_step_2(tr, monkeypatch, float("nan"))
     with pytest.raises(NonFiniteError, match=r"non-finite loss at step 2 .*batch ids \['train-"):
         tr.train()
 
 
 def test_skip_nonfinite_skips_the_step_and_goes_on(toy_data, tmp_path, monkeypatch):
     tr = Trainer(small_cfg(toy_data, tmp_path / "skip", max_steps=3, skip_nonfinite=True))
-    model = tr.unwrapped
-    real = model.forward
-
-    def poisoned(batch, tau=1.0, generator=None):
-        out = real(batch, tau=tau, generator=generator)
-        if tr.state["global_step"] == 1:
-            out.loss = out.loss * float("inf")
-        return out
-
-    monkeypatch.setattr(model, "forward", poisoned)
+    poison_step_2(tr, monkeypatch, float("inf"))
     state = tr.train()
     rows = [json.loads(ln) for ln in (tmp_path / "skip" / "losses.jsonl").read_text().splitlines()]
     assert state["global_step"] == 3 and any(r.get("skipped") == "loss" for r in rows)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from photochat_lib.data.photochat import find_image, get_field, read_files
+from photochat_lib.data.photochat import dialogue_items, find_image, get_field, read_files
 from photochat_lib.data.schema import DataError, Dialogue, Photo, ReadReport, Turn
 
 
@@ -39,16 +39,8 @@ def read_dialogcc(path: str | Path, *, images_dir: str | Path | None = None, len
     def parse(file: Path, data: Any) -> list:
         if isinstance(data, dict):
             data = list(data.values())
-        if not isinstance(data, list):
-            raise DataError("bad_format", f"expected a JSON list of dialogues, got {type(data).__name__}",
-                            file=str(file))
-        items = []
-        for i, raw in enumerate(data):
-            did = raw.get("dialogue_id") if isinstance(raw, dict) else None
-            did = str(did) if isinstance(did, (str, int)) and not isinstance(did, bool) else f"#{i}"
-            items.append((did, lambda raw=raw, did=did: _dialogue(raw, did, file, img_dir,
-                                                                   max_images_per_utterance)))
-        return items
+        return dialogue_items(file, data, lambda raw, did: _dialogue(raw, did, file, img_dir,
+                                                                      max_images_per_utterance))
 
     return read_files(path, parse, lenient=lenient, report=report, check_images=check_images)
 

@@ -190,8 +190,8 @@ def read_photochat(path: str | Path, *, images_dir: str | Path | None = None, le
                       report=report, check_images=check_images)
 
 
-def _parse_file(file: Path, data: Any, images_dir: Path | None) -> list:
-    """Return (dialogue_id, build) pairs for one PhotoChat file's content."""
+def dialogue_items(file: Path, data: Any, build: Callable[[Any, str], Dialogue]) -> list:
+    """Return (dialogue_id, thunk) pairs for a file's JSON list: thunk() = build(raw, dialogue_id)."""
     if not isinstance(data, list):
         raise DataError("bad_format", f"expected a JSON list of dialogues, got {type(data).__name__}",
                         file=str(file))
@@ -199,8 +199,13 @@ def _parse_file(file: Path, data: Any, images_dir: Path | None) -> list:
     for i, raw in enumerate(data):
         did = raw.get("dialogue_id") if isinstance(raw, dict) else None
         did = str(did) if isinstance(did, (str, int)) and not isinstance(did, bool) else f"#{i}"
-        items.append((did, lambda raw=raw, did=did: _dialogue(raw, did, file, images_dir)))
+        items.append((did, lambda raw=raw, did=did: build(raw, did)))
     return items
+
+
+def _parse_file(file: Path, data: Any, images_dir: Path | None) -> list:
+    """Return (dialogue_id, build) pairs for one PhotoChat file's content."""
+    return dialogue_items(file, data, lambda raw, did: _dialogue(raw, did, file, images_dir))
 
 
 def _dialogue(raw: Any, did: str, file: Path, images_dir: Path | None) -> Dialogue:
