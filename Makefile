@@ -44,8 +44,21 @@ notebooks: $(STAMP)
 	  echo "executing $$nb"; ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=1200 "$$nb" || exit 1; done
 
+MATHJAX := book/_mathjax/mathjax/tex-mml-chtml.js
+
+# MathJax for offline math rendering (not in _static/, whose .js files Jupyter Book loads on every page), from the npm registry (the CDN copy Sphinx links by default
+# is unreachable offline); kept out of git
+$(MATHJAX):
+	rm -rf book/_build/npm && mkdir -p book/_build/npm
+	cd book/_build/npm && npm install --no-save --silent --prefix . mathjax@3.2.2
+	mkdir -p book/_mathjax/mathjax/output/chtml
+	cp book/_build/npm/node_modules/mathjax/es5/tex-mml-chtml.js book/_mathjax/mathjax/
+	cp -r book/_build/npm/node_modules/mathjax/es5/output/chtml/fonts book/_mathjax/mathjax/output/chtml/
+	mkdir -p book/_mathjax/mathjax/input/tex
+	cp -r book/_build/npm/node_modules/mathjax/es5/input/tex/extensions book/_mathjax/mathjax/input/tex/
+
 # the Jupyter Book site (1.x, offline; stored outputs rendered, nothing executed)
-book: $(STAMP)
+book: $(STAMP) $(MATHJAX)
 	$(PY) book/sync_notebooks.py
 	$(VENV)/bin/jupyter-book build book/ --warningiserror
 

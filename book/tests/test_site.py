@@ -3,7 +3,7 @@
 Run by `make book-test` after `make book`. It serves book/_build/html on 127.0.0.1, opens every
 chapter of the table of contents in headless Chromium (Debian's `chromium`; nothing is downloaded),
 reads the rendered DOM, and checks the chapter's title is there and every figure the notebook stores
-is rendered as an image that decodes. One screenshot per chapter goes to book/_build/screenshots/
+is rendered as an image that decodes, and that its math is typeset by the local MathJax. One screenshot per chapter goes to book/_build/screenshots/
 (a build artifact, not in git).
 """
 from __future__ import annotations
@@ -56,6 +56,18 @@ def chromium(args: list[str], tmp_path: Path) -> str:
     return res.stdout
 
 
+def has_math(chapter: str) -> bool:
+    """Return whether the chapter's source has LaTeX math ($…$ or \\(…\\))."""
+    for ext in (".ipynb", ".md"):
+        src = BOOK / f"{chapter}{ext}"
+        if src.exists():
+            text = src.read_text()
+            if ext == ".ipynb":
+                text = "".join("".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "markdown")
+            return bool(re.search(r"\$[^$\n]+\$|\\\(", text))
+    return False
+
+
 def stored_figures(chapter: str) -> int:
     """Return how many image outputs the chapter's notebook stores (0 for markdown pages)."""
     nb = BOOK / f"{chapter}.ipynb"
@@ -76,6 +88,8 @@ def test_chapter_renders_with_its_figures(chapter, server, tmp_path):
     dom = chromium(["--dump-dom", url], tmp_path)
     assert "<h1" in dom, f"{chapter}: no title rendered"
     assert "Traceback" not in dom, f"{chapter}: a stored error output is rendered"
+    if has_math(chapter):                                            # MathJax (local copy) typeset it
+        assert "<mjx-container" in dom, f"{chapter}: math was not rendered"
     images = re.findall(r'<img[^>]+src="([^"]+)"', dom)
     local = [src for src in images if not src.startswith("http")]   # the Colab badge is remote
     want = stored_figures(chapter)
