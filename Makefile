@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dvtm.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/chat_latency.py
+	$(PY) benchmarks/toy_sd_accuracy.py
 
 # re-execute every notebook in place (an author updates the course's stored outputs in one step)
 notebooks: $(STAMP)
