@@ -36,11 +36,13 @@ def apply_recipe(model, recipe: TrainingRecipe, weight_dtype: torch.dtype = torc
         mode = getattr(recipe, name)
         for part in parts[name]:
             part.requires_grad_(mode == "train")
-            if mode != "train" and weight_dtype != torch.float32:  # frozen: half-precision weights
-                if isinstance(part, nn.Parameter):
-                    part.data = part.data.to(weight_dtype)
-                else:
-                    part.to(weight_dtype)
+            # trained: fp32 master weights, whatever dtype they were loaded in (the presets load fp16;
+            # GradScaler refuses fp16 gradients). Frozen / LoRA base: the mixed-precision dtype.
+            dtype = torch.float32 if mode == "train" else weight_dtype
+            if isinstance(part, nn.Parameter):
+                part.data = part.data.to(dtype)
+            else:
+                part.to(dtype)
             if mode == "lora":
                 _inject_lora(part, recipe.lora_spec(name))      # adapters stay fp32 and trainable
     if recipe.llm != "train" and recipe.train_new_token_rows:
@@ -72,37 +74,43 @@ def _inject_lora(module: nn.Module, spec) -> None:
 def _train_new_token_rows(model) -> None:
     """Let only the [IMG], [/IMG], <image> rows of the (frozen) embedding and LM head learn.
 
-    A gradient hook zeroes every other row; the caller puts these two matrices in a parameter
-    group without weight decay, so AdamW leaves the zero-gradient rows exactly unchanged.
+    peft's trainable tokens: each of the two tables keeps its frozen (fp16) weight and gains a small
+    fp32 (3, D) parameter holding just those rows, spliced in at forward time; gradients and AdamW
+    states exist for 3·D numbers per table, not for the 32,003 × 4,096 tables (what the memory
+    estimator counts). `merge_lora_` writes the rows back into the tables on save.
     """
+    from peft import TrainableTokensConfig, inject_adapter_in_model
+
     from .tokens import SPECIAL_TOKENS
-    ids = torch.tensor(model.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS))
-    for weight in {model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight}:
-        weight.data = weight.data.float()
-        weight.requires_grad_(True)
-        keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-        keep[ids.to(weight.device)] = 1
-        weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.dtype))
-        weight._photochat_rows_only = True                      # no weight decay: see `param_groups`
+    llm = model.llm
+    ids = model.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
+    tables = {llm.get_input_embeddings(), llm.get_output_embeddings()}
+    targets = [name for name, module in llm.named_modules() if module in tables]
+    trainable = {name for name, p in llm.named_parameters() if p.requires_grad}   # e.g. LoRA: peft would freeze it
+    inject_adapter_in_model(TrainableTokensConfig(target_modules=targets, token_indices=ids), llm)
+    for name, param in llm.named_parameters():
+        if "trainable_tokens_" in name:
+            param.data = param.data.float()
+        param.requires_grad_(name in trainable or "trainable_tokens_" in name)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
-    """Return AdamW groups: trainable weights with decay; biases, norms, row-masked tables without."""
+    """Return AdamW groups: trainable weights with decay; biases, norms, trainable token rows without."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        rows_only = getattr(p, "_photochat_rows_only", False)
-        (no_decay if rows_only or p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        rows = "trainable_tokens_" in name                # whole embedding rows: no decay towards 0
+        (no_decay if rows or p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def merge_lora_(module: nn.Module) -> nn.Module:
-    """Merge every LoRA adapter into its base Linear and put the plain Linear back (in place)."""
-    from peft.tuners.lora import LoraLayer
+    """Merge every peft adapter (LoRA, trainable token rows) into its base layer and put that back (in place)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
     for parent in list(module.modules()):
         for child_name, child in list(parent.named_children()):
-            if isinstance(child, LoraLayer):
+            if isinstance(child, BaseTunerLayer):
                 child.merge()
                 setattr(parent, child_name, child.get_base_layer())
     return module

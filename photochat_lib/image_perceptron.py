@@ -92,3 +92,35 @@ def build_image_perceptron(source: str | os.PathLike | Blip2Config, llm_hidden_s
     model = ImagePerceptron.from_pretrained(source, config=config, token=token,
                                             ignore_mismatched_sizes=not projection_reused, **kwargs)
     return model
+
+
+def init_from_scratch(perceptron) -> None:
+    """Re-draw the ViT, Q-Former and queries Q for training from scratch (when there is no pretrained BLIP-2).
+
+    transformers initialises BLIP-2 for *loading* pretrained weights: the vision tower with
+    initializer_range 1e-10 (a constant ViT output: every patch alike) and Q with zeros (32 identical
+    queries), so a perceptron built from a config cannot learn. We draw the ViT's matrices from
+    N(0, 0.02²), its position embeddings from N(0, 0.5²) (so patch features say *where* they are: the
+    Q-Former's cross-attention is blind to patch order), the Q-Former's matrices from N(0, 1/fan_in)
+    (attention that can become peaked within a few hundred steps) and Q from N(0, 1).
+    Used by `pretrain_perceptron` and by every random-weight build of the real architectures
+    (`presets.build_config_components`), whose zero queries would otherwise meet LayerNorm's
+    eps = 1e-12 with gradients of ~1e35.
+    """
+    with torch.no_grad():
+        _redraw(perceptron)
+
+
+def _redraw(perceptron) -> None:
+    for module in perceptron.vision_model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            torch.nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                module.bias.zero_()
+    embeddings = perceptron.vision_model.embeddings
+    torch.nn.init.trunc_normal_(embeddings.class_embedding, std=0.02)
+    embeddings.position_embedding.normal_(0.0, 0.5)
+    for module in perceptron.qformer.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.normal_(0.0, module.in_features ** -0.5)
+    perceptron.query_tokens.normal_(0.0, 1.0)

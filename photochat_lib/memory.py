@@ -35,77 +35,34 @@ import argparse
 import contextlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 
 import torch
 from torch import nn
 
+from .presets import PRESET_CONFIGS, load_config, model_kwargs  # noqa: F401 (re-exported)
 from .recipe import RECIPES, TrainingRecipe, get_recipe
-from .tokens import NUM_VISUAL_TOKENS, SPECIAL_TOKENS
+from .tokens import SPECIAL_TOKENS
 
 GB = 2 ** 30                                  # "GB" in this module = GiB, as nvidia-smi's MiB add up
 OVERHEAD_GB = 1.0                             # CUDA context + cuBLAS/cuDNN workspace
 FRAGMENTATION = 0.10                          # caching-allocator fragmentation margin
 KNOWN_GPUS = {"V100 32GB": 31.75, "T4 16GB": 15.0}  # usable GiB (nvidia-smi: 32510 MiB, 15360 MiB)
-PRESET_CONFIGS = {  # component -> config file (without .json) in photochat_lib/configs/
-    "paper": {"llm": "paper_llm", "vision": "blip2_vision", "qformer": "blip2_qformer",
-              "text_encoder": "sd21base_text_encoder", "unet": "sd21base_unet", "vae": "sd21base_vae"},
-    "colab": {"llm": "colab_llm", "vision": "blip2_vision", "qformer": "blip2_qformer",
-              "text_encoder": "sd21base_text_encoder", "unet": "sd21base_unet", "vae": "sd21base_vae"},
-}
 ADDED_LLM_TOKENS = {"paper": len(SPECIAL_TOKENS), "colab": len(SPECIAL_TOKENS), "toy": 0}  # resized rows
 
 
-def load_config(name: str) -> dict:
-    """Return the shipped config `name` (e.g. "paper_llm") as a dict, "_source" included."""
-    path = resources.files("photochat_lib") / "configs" / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no shipped config {name!r} (looked for {path})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from err
-
-
-def model_kwargs(config: dict) -> dict:
-    """Return the config without metadata keys (those starting with "_", e.g. "_source")."""
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
 def build_meta_components(preset: str) -> dict[str, nn.Module]:
-    """Return {component: module} for the preset, built on the meta device (no memory, no download)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import (Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel,
-                              CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaForCausalLM)
-    if preset == "toy":                      # the toy preset's configs live in code: build the real thing
-        return _toy_components()
-    if preset not in PRESET_CONFIGS:
+    """Return {component: module} for the preset, built on the META device (no memory, no download).
+
+    The same builders as training uses: `presets.build_toy_components` (toy, configs in code) and
+    `presets.build_config_components` (colab/paper, the shipped configs).
+    """
+    from .presets import build_config_components, build_toy_components
+    if preset != "toy" and preset not in PRESET_CONFIGS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESET_CONFIGS)} or 'toy'")
-    cfg = {k: load_config(v) for k, v in PRESET_CONFIGS[preset].items()}
-    llm_cfg = LlamaConfig.from_dict(model_kwargs(cfg["llm"]))
-    llm_cfg.vocab_size += ADDED_LLM_TOKENS[preset]          # [IMG], [/IMG], <image> rows (text_generator)
-    qformer_cfg = Blip2QFormerConfig.from_dict(model_kwargs(cfg["qformer"]))
-    n_queries = cfg["qformer"].get("_num_query_tokens", NUM_VISUAL_TOKENS)
     with torch.device("meta"):
-        parts = {
-            "llm": LlamaForCausalLM(llm_cfg),
-            "vision": Blip2VisionModel(Blip2VisionConfig.from_dict(model_kwargs(cfg["vision"]))),
-            "qformer": Blip2QFormerModel(qformer_cfg),
-            "projection": nn.Linear(qformer_cfg.hidden_size, llm_cfg.hidden_size),
-            "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(model_kwargs(cfg["text_encoder"]))),
-            "unet": UNet2DConditionModel.from_config(model_kwargs(cfg["unet"])),
-            "vae": AutoencoderKL.from_config(model_kwargs(cfg["vae"])),
-        }
-        parts["qformer"].query_tokens = nn.Parameter(torch.empty(1, n_queries, qformer_cfg.hidden_size))  # Q
-    return parts
-
-
-def _toy_components() -> dict[str, nn.Module]:
-    """Return the toy preset's components as `presets.build_toy_components` builds them, on the meta device."""
-    from .presets import build_toy_components
-    with torch.device("meta"):
-        llm, _, perceptron, gen = build_toy_components()
-    perceptron.qformer.query_tokens = perceptron.query_tokens          # counted with the Q-Former, as above
+        llm, _, perceptron, gen = (build_toy_components() if preset == "toy"
+                                   else build_config_components(preset, device="meta"))
+    perceptron.qformer.query_tokens = perceptron.query_tokens          # Q is counted with the Q-Former
     return {"llm": llm, "vision": perceptron.vision_model, "qformer": perceptron.qformer,
             "projection": perceptron.language_projection, "text_encoder": gen.text_encoder,
             "unet": gen.unet, "vae": gen.vae}

@@ -26,7 +26,7 @@ from transformers import (Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, CL
                           CLIPTextModel, LlamaConfig)
 
 from .image_generator import ImageGenerator
-from .image_perceptron import build_image_perceptron
+from .image_perceptron import build_image_perceptron, init_from_scratch
 from .text_generator import load_llm
 from .tokens import NUM_VISUAL_TOKENS
 
@@ -119,6 +119,109 @@ def build_toy_components(seed: int = 0):
     return llm, tokenizer, perceptron, generator
 
 
+# ----- the real architectures from the shipped configs, with random weights (no download) -----
+PRESET_CONFIGS = {  # component -> config file (without .json) in photochat_lib/configs/
+    "paper": {"llm": "paper_llm", "vision": "blip2_vision", "qformer": "blip2_qformer",
+              "text_encoder": "sd21base_text_encoder", "unet": "sd21base_unet", "vae": "sd21base_vae",
+              "scheduler": "sd21base_scheduler"},
+    "colab": {"llm": "colab_llm", "vision": "blip2_vision", "qformer": "blip2_qformer",
+              "text_encoder": "sd21base_text_encoder", "unet": "sd21base_unet", "vae": "sd21base_vae",
+              "scheduler": "sd21base_scheduler"},
+}
+
+
+def load_config(name: str) -> dict:
+    """Return the shipped config `name` (e.g. "paper_llm") as a dict, "_source" included."""
+    import json
+    from importlib import resources
+    path = resources.files("photochat_lib") / "configs" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no shipped config {name!r} (looked for {path})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from err
+
+
+def model_kwargs(config: dict) -> dict:
+    """Return the config without metadata keys (those starting with "_", e.g. "_source")."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+# `smoke=True`: every width and depth cut down, every code path of the real preset kept (LoRA targets,
+# 224² ViT patches, 512² VAE, 77-token CLIP captions, the full vocabularies): a CPU trains it in seconds.
+SMOKE_SIZES = {
+    "paper_llm": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4),
+    "colab_llm": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2),
+    "blip2_vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+    "blip2_qformer": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          encoder_hidden_size=32),
+    "sd21base_text_encoder": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, projection_dim=32),
+    "sd21base_unet": dict(block_out_channels=[8, 16, 16, 16], attention_head_dim=[2, 2, 2, 2], norm_num_groups=8,
+                          cross_attention_dim=32, layers_per_block=1),
+    "sd21base_vae": dict(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, layers_per_block=1),
+}
+
+
+class _default_dtype:
+    """Context manager: build modules directly in `dtype` (a 7B model never exists in fp32)."""
+
+    def __init__(self, dtype: torch.dtype | None):
+        self.dtype, self.saved = dtype, None
+
+    def __enter__(self):
+        self.saved = torch.get_default_dtype()
+        if self.dtype is not None:
+            torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved)
+
+
+def build_config_components(preset: str, seed: int = 0, device: str | torch.device = "cpu",
+                            dtype: torch.dtype | None = None, smoke: bool = False):
+    """Return (llm, tokenizer, perceptron, image_generator): a preset's REAL architectures, RANDOM weights.
+
+    Nothing is downloaded: the architectures come from the configs shipped in photochat_lib/configs/
+    (each names its hub "_source"), and the toy tokenizers stand in for Llama's and CLIP's (their ids
+    fit the real vocabularies, which keep their full sizes: 32,000 + 3 LLM rows, 49,408 CLIP rows; SD
+    captions are padded to the real 77 tokens). Every shape, FLOP and byte of a training step is the
+    real recipe's; only the values of the weights are not. Used by `photochat estimate-memory`
+    (device="meta"), `photochat train --random_init` and benchmarks/paper_step_gpu.py. Modules are
+    created on `device` directly, in `dtype` (default fp32), so no fp32 copy of a 7B model is made.
+    ``smoke=True`` applies `SMOKE_SIZES` (tiny widths, same code paths) for CPU checks.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, CLIPTextConfig, CLIPTextModel
+
+    from .tokens import SPECIAL_TOKENS
+    from .toy_tokenizers import build_llm_tokenizer, build_sd_tokenizer
+    if preset not in PRESET_CONFIGS:
+        raise ValueError(f"no shipped configs for preset {preset!r}; expected one of {sorted(PRESET_CONFIGS)}")
+    cfg = {k: {**load_config(v), **(SMOKE_SIZES.get(v, {}) if smoke else {})}
+           for k, v in PRESET_CONFIGS[preset].items()}
+    text_cfg = CLIPTextConfig.from_dict(model_kwargs(cfg["text_encoder"]))
+    tokenizer = build_llm_tokenizer()
+    sd_tokenizer = build_sd_tokenizer(model_max_length=text_cfg.max_position_embeddings)   # 77, as SD
+    llm_cfg = LlamaConfig.from_dict(model_kwargs(cfg["llm"]))
+    llm_cfg.vocab_size += len(SPECIAL_TOKENS)             # the rows add_special_tokens adds to a real Llama
+    blip2_cfg = Blip2Config(vision_config=model_kwargs(cfg["vision"]), qformer_config=model_kwargs(cfg["qformer"]),
+                            num_query_tokens=cfg["qformer"].get("_num_query_tokens", NUM_VISUAL_TOKENS))
+    torch.manual_seed(seed)
+    with torch.device(device), _default_dtype(dtype):
+        llm, tokenizer = load_llm(llm_cfg, tokenizer)
+        perceptron = build_image_perceptron(blip2_cfg, llm_cfg.hidden_size)
+        init_from_scratch(perceptron)                 # not transformers' load-oriented init (zero queries)
+        generator = ImageGenerator(CLIPTextModel(text_cfg), sd_tokenizer,
+                                   UNet2DConditionModel.from_config(model_kwargs(cfg["unet"])),
+                                   AutoencoderKL.from_config(model_kwargs(cfg["vae"])),
+                                   DDPMScheduler.from_config(model_kwargs(cfg["scheduler"])))
+    return llm, tokenizer, perceptron, generator
+
+
 def load_components(llm: str, perceptron: str, sd: str, dtype: torch.dtype | None = None,
                     token: str | None = None):
     """Return (llm, tokenizer, perceptron, image_generator) from hub ids or local folders."""
@@ -149,13 +252,21 @@ def load_toy_model(seed: int = 0, **config):
     return build_model("toy", seed=seed, model_config=PhotoChatConfig(**config) if config else None)
 
 
-def build_model(preset: str | Preset = "toy", seed: int = 0, model_config=None, **overrides):
-    """Return a PhotoChatModel for a preset: toy from configs, colab/paper through `load_components`."""
+def build_model(preset: str | Preset = "toy", seed: int = 0, model_config=None, random_weights: bool = False,
+                device: str | torch.device = "cpu", smoke: bool = False, **overrides):
+    """Return a PhotoChatModel for a preset: toy from configs, colab/paper through `load_components`.
+
+    ``random_weights=True`` builds colab/paper from the shipped configs instead (no download, random
+    weights, created on `device`; ``smoke`` shrinks them; see `build_config_components`); the toy preset
+    is always random here.
+    """
     from .model import PhotoChatConfig, PhotoChatModel
     p = preset if isinstance(preset, Preset) else get_preset(preset, **overrides)
     config = model_config or PhotoChatConfig(preset=p.name)
     if p.llm is None and p.perceptron is None and p.sd is None:
         parts = build_toy_components(seed)
+    elif random_weights:
+        parts = build_config_components(p.name, seed, device=device, dtype=getattr(torch, p.dtype), smoke=smoke)
     elif None in (p.llm, p.perceptron, p.sd):
         raise ValueError(f"preset {p.name!r}: llm, perceptron and sd must all be given (or none, for toy)")
     else:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .data.images import image_transform
 from .data.toy_world import BACKGROUNDS, COLOURS, NOUNS, POSITIONS, SHAPES, SIZES, ToyObject, draw_photo
+from .image_perceptron import init_from_scratch
 from .text_generator import text_loss
 from .tokens import IGNORE_INDEX
 
@@ -150,31 +151,6 @@ def scene_batch(rng: random.Random, n: int, image_size: int = 32):
     transform = image_transform(image_size)
     pixels = torch.stack([transform(draw_photo(objs, bg, image_size)) for objs, bg in scenes])  # (n, 3, S, S)
     return pixels, [describe_scene(objs, bg) for objs, bg in scenes], scenes
-
-
-@torch.no_grad()
-def init_from_scratch(perceptron) -> None:
-    """Re-draw the ViT, Q-Former and queries Q for training from scratch (the toy preset has no BLIP-2).
-
-    transformers initialises BLIP-2 for *loading* pretrained weights: the vision tower with
-    initializer_range 1e-10 (a constant ViT output: every patch alike) and Q with zeros (32 identical
-    queries), so a toy perceptron built from a config cannot learn. We draw the ViT's matrices from
-    N(0, 0.02²), its position embeddings from N(0, 0.5²) (so patch features say *where* they are: the
-    Q-Former's cross-attention is blind to patch order), the Q-Former's matrices from N(0, 1/fan_in)
-    (attention that can become peaked within a few hundred steps) and Q from N(0, 1).
-    """
-    for module in perceptron.vision_model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            torch.nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                module.bias.zero_()
-    embeddings = perceptron.vision_model.embeddings
-    torch.nn.init.trunc_normal_(embeddings.class_embedding, std=0.02)
-    embeddings.position_embedding.normal_(0.0, 0.5)
-    for module in perceptron.qformer.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.weight.normal_(0.0, module.in_features ** -0.5)
-    perceptron.query_tokens.normal_(0.0, 1.0)
 
 
 def pretrain_perceptron(llm, tokenizer, perceptron, config: PerceptronPretrainConfig | None = None,

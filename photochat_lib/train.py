@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,10 @@ class TrainConfig:
     preset: str = "toy"                      # toy | colab | paper (architectures and recipe)
     mode: str = "end2end"                    # end2end (joint, eq. 13) | pipeline (baseline, §3.1.4)
     init: str | None = None                  # a PhotoChatModel folder to start from (toy: the shipped foundation)
+    random_init: bool = False                # random weights: toy ignores the shipped foundation; colab/paper
+                                             # build their real architectures from photochat_lib/configs
+                                             # (no download; smoke tests, memory and speed checks)
+    smoke: bool = False                      # with random_init: colab/paper at tiny widths, every code path kept
     seed: int = 0                            # data order, noise, dropout
     max_epochs: int | None = None            # default: the recipe's
     max_steps: int | None = None             # stop after this many optimizer steps (None: epochs decide)
@@ -98,16 +103,22 @@ def resolve(cfg: TrainConfig):
     return replace(recipe, **over)
 
 
-def build_training_model(cfg: TrainConfig, recipe):
-    """Return the PhotoChatModel to train: from `cfg.init`, the shipped toy foundation, or the preset."""
+def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = "cpu"):
+    """Return the PhotoChatModel to train: from `cfg.init`, the shipped toy foundation, or the preset.
+
+    With ``cfg.random_init`` the colab/paper architectures are created on `device` directly.
+    """
     from .model import PhotoChatConfig, PhotoChatModel
     from .presets import build_model, shipped_toy_checkpoint
     mc = dict(mode=cfg.mode, alpha=recipe.alpha, dvtm_impl=cfg.dvtm_impl,
               sd_caption_source=cfg.sd_caption_source, preset=cfg.preset)
-    init = cfg.init or (shipped_toy_checkpoint() if cfg.preset == "toy" else None)
+    if cfg.random_init and cfg.init:
+        raise ValueError("give either --init or --random_init, not both")
+    init = cfg.init or (shipped_toy_checkpoint() if cfg.preset == "toy" and not cfg.random_init else None)
     if init:
         return PhotoChatModel.from_pretrained(init, **mc)
-    return build_model(cfg.preset, seed=cfg.seed, model_config=PhotoChatConfig(**mc))
+    return build_model(cfg.preset, seed=cfg.seed, model_config=PhotoChatConfig(**mc),
+                       random_weights=cfg.random_init, device=device, smoke=cfg.smoke)
 
 
 def make_loader(cfg, recipe, model, split: str):
@@ -149,7 +160,7 @@ class Trainer:
                                project_config=ProjectConfiguration(project_dir=cfg.output_dir),
                                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         torch.manual_seed(cfg.seed)
-        model = build_training_model(cfg, self.recipe)
+        model = build_training_model(cfg, self.recipe, self.acc.device)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self.trainable = apply_recipe(model, self.recipe, weight_dtype)
         self.train_ds, loader = make_loader(cfg, self.recipe, model, "train")
@@ -262,6 +273,7 @@ class Trainer:
         loader = self.acc.skip_first_batches(self.loader, st["batches_done"]) if st["batches_done"] else self.loader
         self.model.train()
         sums, n_micro = {"loss": 0.0, "text_loss": 0.0, "image_loss": 0.0}, 0
+        t_step = time.perf_counter()
         for batch in loader:
             micro = st["epoch"] * len(self.loader) + st["batches_done"]
             gen = self._seed_micro_step(micro)
@@ -293,8 +305,11 @@ class Trainer:
             if not self.acc.sync_gradients:
                 continue
             st["global_step"] += 1
+            now = time.perf_counter()
             rec = {"step": st["global_step"], "epoch": st["epoch"], "tau": tau, "lr": self.sched.get_last_lr()[0],
-                   **{k: v / max(1, n_micro) for k, v in sums.items()}}
+                   **{k: v / max(1, n_micro) for k, v in sums.items()},
+                   "seconds": round(now - t_step, 4)}                 # wall time of this optimizer step
+            t_step = now
             self._log(rec)
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", Lv=f"{rec['image_loss']:.3f}", tau=f"{tau:.3f}")
@@ -350,12 +365,10 @@ class Trainer:
 
     def _save_model(self, path: Path) -> None:
         """Save a loadable PhotoChatModel folder (LoRA merged into a copy) atomically."""
-        import copy
-
         from .finetune import merge_lora_
         model = self.unwrapped
-        if any("lora_" in n for n, _ in model.named_parameters()):
-            model = merge_lora_(copy.deepcopy(model))
+        if any("lora_" in n or "trainable_tokens_" in n for n, _ in model.named_parameters()):
+            model = merge_lora_(_cpu_copy(model))       # on CPU: a 7B copy would not fit next to the live one
         replace_dir(path, model.save_pretrained)
 
     def save_final(self) -> None:
@@ -370,6 +383,17 @@ class Trainer:
         if self.acc.is_main_process:
             self._save_model(self.out / "final")
             write_json(self.out / "trainer_state.json", self.state)
+
+
+def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """Return a deep copy of `model` whose parameters and buffers are fresh CPU tensors (no GPU copy made)."""
+    import copy
+    memo = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = b.detach().to("cpu", copy=True)
+    return copy.deepcopy(model, memo)
 
 
 def _main_thread() -> bool:

@@ -1,6 +1,7 @@
 """The trainer: resumable to the bit after SIGKILL, Ctrl-C saves, non-finite steps caught, recipes
 (freeze / LoRA) applied, and two gloo processes that see different data and end identical."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -144,14 +145,21 @@ def test_lora_recipe_trains_only_adapters_qformer_and_new_rows(toy_data, tmp_pat
     assert any(n.startswith("perceptron.qformer") for n in changed)
     assert not any(n.startswith(("perceptron.vision_model", "image_generator.text_encoder", "image_generator.vae"))
                    for n in changed)
-    emb = "llm.model.embed_tokens.weight"
-    special = model.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
-    rows = (before[emb] != after[emb].detach()).any(dim=1).nonzero().flatten().tolist()
-    assert set(rows) <= set(special), "only the [IMG], [/IMG], <image> rows of a frozen table may move"
-    # the saved final model has LoRA merged and loads through the ordinary loader
+    # the new tokens' rows train as small (3, D) tables; the frozen embedding / LM head never move
+    assert {"llm.model.embed_tokens.trainable_tokens_delta.default",
+            "llm.lm_head.trainable_tokens_delta.default"} <= changed
+    n_lora = sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)
+    assert tr.trainable["llm"] == n_lora + 2 * len(SPECIAL_TOKENS) * model.llm.config.hidden_size  # no whole tables
+    # the saved final model has the adapters merged and loads through the ordinary loader
     from photochat_lib.model import PhotoChatModel
     loaded = PhotoChatModel.from_pretrained(tmp_path / "lora" / "final")
-    assert not any("lora_" in n for n, _ in loaded.named_parameters())
+    assert not any("lora_" in n or "trainable_tokens_" in n for n, _ in loaded.named_parameters())
+    special = model.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
+    for table, saved in (("llm.model.embed_tokens.base_layer.weight", loaded.llm.get_input_embeddings().weight),
+                         ("llm.lm_head.base_layer.weight", loaded.llm.get_output_embeddings().weight)):
+        rows = (before[table] != saved.detach()).any(dim=1).nonzero().flatten().tolist()
+        assert rows and set(rows) <= set(special), "only the [IMG], [/IMG], <image> rows may move"
+    assert any("lora_" in n for n, _ in model.named_parameters()), "saving must not merge the live model"
 
 
 @pytest.mark.slow
@@ -190,3 +198,48 @@ def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_da
     assert state["best"] == {"BLEU-2": 2.0, "FID": 80.0} and state["bad_epochs"] == 3
     assert state["stopped"].startswith("early stopping")
     assert (tmp_path / "es" / "best" / "photochat.json").exists() and state["global_step"] == 5
+
+
+# ------------------------------------------------------------------ the paper recipe on random config weights
+def test_paper_recipe_trains_on_random_config_weights(toy_data, tmp_path, monkeypatch):
+    """`--preset paper --random_init --smoke`: the shipped configs' architectures at tiny widths, the
+    paper's recipe (LoRA on LLM and UNet, frozen ViT, 512² SD targets, 77-token captions), one step."""
+    cfg = TrainConfig(data=str(toy_data), output_dir=str(tmp_path / "paper"), preset="paper", random_init=True,
+                      smoke=True,
+                      photo_only=True, max_train_samples=4, micro_batch_size=2, grad_accum_steps=2,
+                      max_steps=1, eval_every_epochs=0, progress=False)
+    tr = Trainer(cfg)
+    model = tr.unwrapped
+    assert model.llm.get_input_embeddings().weight.shape[0] == 32000 + 3           # Llama-2 + [IMG] [/IMG] <image>
+    assert model.image_generator.vocab_size == 49408 and model.image_generator.max_length == 77
+    assert tr.trainable["vision"] == tr.trainable["text_encoder"] == 0 and tr.trainable["qformer"] > 0
+    assert any("lora_" in n for n, _ in model.llm.named_parameters())
+    batch = next(iter(tr.loader))
+    assert batch["target_pixel_values"].shape[1:] == (3, 512, 512) and batch["sd_input_ids"].shape[1] == 77
+    assert batch["context_pixel_values"].shape[1:] == (3, 224, 224)
+    state = tr.train()
+    rows = [json.loads(ln) for ln in (tmp_path / "paper" / "losses.jsonl").read_text().splitlines()]
+    assert state["global_step"] == 1 and math.isfinite(rows[0]["loss"]) and rows[0]["image_loss"] > 0
+    assert rows[0]["seconds"] > 0
+
+
+def test_trained_parts_get_fp32_master_weights_when_loaded_in_fp16():
+    """The colab/paper presets load every component in fp16; under fp16 mixed precision the parts that
+    train must become fp32 (GradScaler refuses fp16 gradients) and the frozen ones stay fp16."""
+    from photochat_lib.finetune import apply_recipe, param_groups
+    from photochat_lib.presets import build_model
+    from photochat_lib.recipe import get_recipe
+    model = build_model("toy").half()
+    apply_recipe(model, get_recipe("paper"), torch.float16)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    assert any(n.startswith("perceptron.qformer") for n in trainable)
+    assert model.perceptron.vision_model.embeddings.patch_embedding.weight.dtype == torch.float16
+    assert model.llm.model.layers[0].mlp.up_proj.weight.dtype == torch.float16
+    opt = torch.optim.AdamW(param_groups(model, 0.01))
+    for p in trainable.values():
+        p.grad = torch.ones_like(p)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    scaler.scale(torch.ones(()))                          # the scale exists once a loss was scaled
+    scaler.unscale_(opt)                                  # raises "Attempting to unscale FP16 gradients" if any
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in trainable.values())
