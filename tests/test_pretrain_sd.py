@@ -4,11 +4,13 @@ How well the shipped one draws is measured by benchmarks/toy_sd_accuracy.py (tar
 """
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from photochat_lib.image_generator import ImageGenerator
-from photochat_lib.pretrain_sd import PretrainSDConfig, draw_batch, main, pretrain_image_generator, sample_objects
+from photochat_lib.pretrain_sd import (PretrainSDConfig, draw_batch, main, pixel_weights, pretrain_image_generator,
+                                      sample_objects)
 
 TINY = PretrainSDConfig(vae_steps=60, vae_batch=8, unet_steps=12, unet_batch=8, threads=1, log_every=10)
 
@@ -29,6 +31,23 @@ def test_left_to_right_changes_only_which_slot_names_which_column():
         assert bg_a == bg_b and [(o.colour, o.shape) for o in free] == [(o.colour, o.shape) for o in ordered]
         assert sorted(o.position for o in free) == sorted(o.position for o in ordered)
         assert [o.position for o in ordered] == sorted((o.position for o in ordered), key=POSITIONS.index)
+
+
+def test_vae_loss_weighs_objects_and_their_outlines():
+    from photochat_lib.data.toy_world import ToyObject, draw_photo
+    photo = draw_photo([ToyObject("red", "square", "box", "big", "middle")], "gray")
+    x = torch.tensor(np.array(photo), dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1   # (1, 3, 32, 32)
+    cfg = PretrainSDConfig(object_weight=10.0, edge_weight=20.0)
+    w = pixel_weights(x, cfg)[0, 0]                                    # (32, 32)
+    row = w[16].tolist()                                               # through the square's middle
+    inside = [i for i in range(32) if (x[0, :, 16, i] != x[0, :, 0, 0]).any()]
+    left, right = inside[0], inside[-1]
+    assert w[0, 0] == 1 and row[left - 2] == 1 and row[right + 2] == 1   # plain background
+    assert row[left - 1] == 1 + 20 and row[right + 1] == 1 + 20         # background on the outline
+    assert row[left] == 10 + 20 and row[right] == 10 + 20               # object on the outline
+    assert all(v == 10 for v in row[left + 1:right])                    # object interior
+    plain = pixel_weights(x, PretrainSDConfig(object_weight=10.0, edge_weight=0.0))[0, 0]
+    assert torch.equal(plain == 10, (w == 10) | (w == 30)) and set(plain.unique().tolist()) == {1.0, 10.0}
 
 
 @pytest.fixture(scope="module")
