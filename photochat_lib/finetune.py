@@ -94,15 +94,21 @@ def _train_new_token_rows(model) -> None:
         param.requires_grad_(name in trainable or "trainable_tokens_" in name)
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Return AdamW groups: trainable weights with decay; biases, norms, trainable token rows without."""
-    decay, no_decay = [], []
+def param_groups(model, weight_decay: float, lr: float, sd_lr: float | None = None) -> list[dict]:
+    """Return AdamW groups: trainable weights with decay; biases, norms, trainable token rows without.
+
+    With `sd_lr`, the image generator's UNet and text encoder get their own pair of groups at that lr.
+    """
+    groups: dict[tuple[bool, bool], list] = {}
+    sd = {id(p) for m in (model.image_generator.unet, model.image_generator.text_encoder) for p in m.parameters()}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         rows = "trainable_tokens_" in name                # whole embedding rows: no decay towards 0
-        (no_decay if rows or p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (rows or p.ndim < 2 or "norm" in name.lower())
+        groups.setdefault((sd_lr is not None and id(p) in sd, decays), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr": sd_lr if is_sd else lr}
+            for (is_sd, decays), ps in sorted(groups.items())]
 
 
 def merge_lora_(module: nn.Module) -> nn.Module:

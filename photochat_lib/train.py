@@ -49,6 +49,7 @@ class TrainConfig:
     micro_batch_size: int | None = None      # default: the recipe's
     grad_accum_steps: int | None = None      # default: the recipe's
     lr: float | None = None                  # default: the recipe's (paper 5e-5)
+    sd_lr: float | None = None               # lr of the UNet + CLIP text encoder; default: the recipe's (= lr)
     weight_decay: float | None = None        # default: the recipe's (paper 0.01)
     warmup_steps: int | None = None          # default: the recipe's (paper 1,000)
     alpha: float | None = None               # weight of L_v in eq. (13); default: the recipe's (1)
@@ -97,7 +98,7 @@ def resolve(cfg: TrainConfig):
     """Return (recipe with the config's overrides applied, effective settings dict)."""
     from dataclasses import replace
     recipe = get_recipe(cfg.preset)
-    over = {k: getattr(cfg, k) for k in ("micro_batch_size", "grad_accum_steps", "lr", "weight_decay",
+    over = {k: getattr(cfg, k) for k in ("micro_batch_size", "grad_accum_steps", "lr", "sd_lr", "weight_decay",
                                           "warmup_steps", "alpha", "tau_start", "tau_end", "tau_anneal_epochs",
                                           "max_epochs", "early_stopping_patience") if getattr(cfg, k) is not None}
     return replace(recipe, **over)
@@ -164,7 +165,8 @@ class Trainer:
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self.trainable = apply_recipe(model, self.recipe, weight_dtype)
         self.train_ds, loader = make_loader(cfg, self.recipe, model, "train")
-        opt = torch.optim.AdamW(param_groups(model, self.recipe.weight_decay), lr=self.recipe.lr)
+        opt = torch.optim.AdamW(param_groups(model, self.recipe.weight_decay, self.recipe.lr, self.recipe.sd_lr),
+                                lr=self.recipe.lr)
         warm = max(1, self.recipe.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # linear warm-up
         self.model, self.opt, self.loader, self.sched = self.acc.prepare(model, opt, loader, sched)
