@@ -115,6 +115,8 @@ def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = 
               sd_caption_source=cfg.sd_caption_source, preset=cfg.preset)
     if cfg.random_init and cfg.init:
         raise ValueError("give either --init or --random_init, not both")
+    if cfg.smoke and not cfg.random_init:
+        raise ValueError("--smoke shrinks the random-weight architectures; it needs --random_init")
     init = cfg.init or (shipped_toy_checkpoint() if cfg.preset == "toy" and not cfg.random_init else None)
     if init:
         return PhotoChatModel.from_pretrained(init, **mc)
