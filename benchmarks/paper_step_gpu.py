@@ -17,6 +17,10 @@ SD targets are the 512² photos, the captions 77 CLIP tokens.
     python benchmarks/paper_step_gpu.py [--steps 3] [--modes end2end pipeline] [--preset paper]
     python benchmarks/paper_step_gpu.py --smoke     # the same code at tiny widths, on a CPU (checks the script)
 
+Needs the project's packages (diffusers, transformers 5.x, peft, accelerate) beside CUDA torch; on
+a GPU machine without a registry, carry them as wheels (`pip download --no-deps ...`, then
+`pip install --no-index --target DIR *.whl` there and put DIR on PYTHONPATH with the repo root).
+
 Prints one row per mode: setup seconds, seconds per optimizer step (median after the first, which
 warms up kernels), memory held by the weights, peak allocated and peak reserved by PyTorch's
 allocator (nvidia-smi would add the CUDA context, ~0.5 GB), and the estimator's figure.
