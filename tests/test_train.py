@@ -258,3 +258,14 @@ def test_sd_lr_gives_the_unet_and_text_encoder_their_own_learning_rate():
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in groups for p in g["params"]) == n
     assert {g["lr"] for g in param_groups(model, 0.01, lr=1e-3)} == {1e-3}       # paper: one lr for all
+
+
+def test_random_config_builds_draw_blip2_for_training_not_loading():
+    """transformers' BLIP-2 init is for loading (zero queries; with LayerNorm eps 1e-12 they gave
+    gradients of ~1e35): random builds re-draw it with `init_from_scratch`."""
+    from photochat_lib.presets import build_config_components
+    _, _, perceptron, _ = build_config_components("paper", smoke=True)
+    q = perceptron.query_tokens.detach()
+    assert q.shape[1] == 32 and 0.8 < float(q.std()) < 1.2                     # N(0, 1), not zeros
+    vit = perceptron.vision_model.encoder.layers[0].mlp.fc1.weight.detach()
+    assert 0.01 < float(vit.std()) < 0.03                                      # N(0, 0.02²), not 1e-10
