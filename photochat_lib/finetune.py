@@ -4,8 +4,9 @@ The recipe names seven components (see `photochat_lib.recipe`); this module maps
 modules it means, freezes or unfreezes them, injects peft LoRA adapters in place (the module keeps
 its class, so `generate`, `save_pretrained` and our one-hot text encoder path work unchanged), casts
 frozen weights to the mixed-precision dtype (trainable ones stay fp32, as in diffusers' training
-scripts), and turns on gradient checkpointing. `merge_lora_` folds adapters back into plain Linear
-layers so a trained model saves in the upstream layouts and loads with `PhotoChatModel.from_pretrained`.
+scripts), and turns on gradient checkpointing. `merge_lora_` folds adapters (LoRA, trainable token rows)
+back into their plain layers so a trained model saves in the upstream layouts and loads with
+`PhotoChatModel.from_pretrained`.
 """
 from __future__ import annotations
 
