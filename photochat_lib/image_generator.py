@@ -84,8 +84,12 @@ class ImageGenerator(nn.Module):
         return dist.sample(generator) * self.vae.config.scaling_factor
 
     def image_loss(self, r_sd: torch.Tensor, target_pixels: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return L_v (eq. 12, as the noise-prediction MSE) for captions r_sd and target images."""
+                   generator: torch.Generator | None = None, snr_gamma: float | None = None) -> torch.Tensor:
+        """Return L_v (eq. 12, as the noise-prediction MSE) for captions r_sd and target images.
+
+        snr_gamma: Min-SNR-γ weighting (Hang et al., 2023), per sample min(SNR_t, γ) in x_0 terms, i.e.
+        min(SNR_t, γ)/SNR_t on the ε-loss; None is the plain (unweighted) loss that joint training uses.
+        """
         cond = self.encode_onehot(r_sd)                                     # (B, n, D)
         z0 = self.encode_images(target_pixels, generator).to(cond.dtype)    # (B, C, h, w)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
@@ -102,7 +106,15 @@ class ImageGenerator(nn.Module):
             target = z0
         else:
             raise ValueError(f"unsupported scheduler prediction_type {kind!r}")
-        return F.mse_loss(pred.float(), target.float())                     # eq. (12), see docstring
+        if snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float())                 # eq. (12), see docstring
+        alpha_bar = self.scheduler.alphas_cumprod.to(z0.device)[t]          # (B,)
+        snr = alpha_bar / (1 - alpha_bar)                                   # (B,) signal-to-noise ratio
+        # the ε-, v- and z_0-losses weigh x_0 errors by SNR, SNR+1 and 1: divide that back out
+        weight = snr.clamp(max=snr_gamma)                                   # (B,) on x_0 errors
+        weight = weight / {"epsilon": snr, "v_prediction": snr + 1}.get(kind, torch.ones_like(snr))
+        per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
+        return (weight * per_sample).mean()
 
     @torch.no_grad()
     def generate(self, r_sd: torch.Tensor, num_inference_steps: int = 25, guidance_scale: float = 5.0,

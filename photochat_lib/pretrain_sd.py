@@ -71,6 +71,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 from .atomic import replace_dir
 from .data.toy_world import BACKGROUNDS, COLOURS, NOUNS, POSITIONS, SHAPES, SIZES, ToyObject, caption, draw_photo
@@ -96,9 +97,13 @@ class PretrainSDConfig:
     unet_lr: float = 2e-3         # peak AdamW learning rate of UNet + text encoder (one-cycle schedule)
     left_to_right: bool = True    # stage 2 captions name the objects left to right (see the module docstring)
     uncond_prob: float = 0.1      # classifier-free-guidance dropout: share of captions replaced by ""
+    snr_gamma: float | None = None  # Min-SNR-γ loss weighting in stage 2 (None = plain L_v)
+    prediction_type: str = "epsilon"  # the UNet's target: "epsilon" (as SD 2.1 base), "v_prediction", "sample"
     ema_decay: float = 0.995      # decay of the weight EMA that is saved (0 = save the raw weights)
     threads: int = 1              # torch CPU threads
     log_every: int = 100          # print the losses every this many steps (0 = silent)
+    eval_every: int = 0           # judge the EMA weights on `eval_n` fresh captions every this many UNet steps
+    eval_n: int = 100             # captions per intermediate judgement
 
 
 def sample_objects(rng: random.Random, left_to_right: bool = False) -> tuple[list[ToyObject], str]:
@@ -183,11 +188,12 @@ def train_unet(gen: ImageGenerator, cfg: PretrainSDConfig, rng: random.Random) -
     noise_gen = torch.Generator().manual_seed(cfg.seed)                      # VAE sample, ε and t draws
     first = last = None
     window: list[float] = []
+    curve: list[dict] = []
     for step in range(cfg.unet_steps):
         x, captions = draw_batch(rng, cfg.unet_batch, cfg.resolution, cfg.left_to_right)  # (B, 3, H, W)
         captions = ["" if rng.random() < cfg.uncond_prob else c for c in captions]   # CFG dropout
         r_sd = gen.one_hot(gen.tokenize(captions))                            # (B, n, |V_SD|)
-        loss = gen.image_loss(r_sd, x, generator=noise_gen)                   # eq. (12)
+        loss = gen.image_loss(r_sd, x, generator=noise_gen, snr_gamma=cfg.snr_gamma)  # eq. (12)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -201,13 +207,44 @@ def train_unet(gen: ImageGenerator, cfg: PretrainSDConfig, rng: random.Random) -
         last = sum(window) / len(window)
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.unet_steps - 1):
             print(f"[unet] step {step:5d}  L_v {last:.4f}  lr {sched.get_last_lr()[0]:.2e}", flush=True)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.unet_steps:
+            curve.append(_judge_midway(gen, params, ema, cfg, step + 1))
     if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
+        _swap(params, ema)
     gen.unet.eval()
     gen.text_encoder.eval()
-    return {"unet_first": first, "unet_last": last}
+    return {"unet_first": first, "unet_last": last, **({"unet_curve": curve} if curve else {})}
+
+
+@torch.no_grad()
+def _swap(params: list[torch.Tensor], other: list[torch.Tensor]) -> None:
+    """Exchange the values of params and other in place (to judge, then resume from, the EMA weights)."""
+    for p, o in zip(params, other):
+        tmp = p.detach().clone()
+        p.copy_(o)
+        o.copy_(tmp)
+
+
+def _judge_midway(gen: ImageGenerator, params, ema, cfg: PretrainSDConfig, step: int) -> dict:
+    """Return and print the judge's verdict on the (EMA) weights after `step` UNet steps; training state is kept."""
+    if ema is not None:
+        _swap(params, ema)
+    gen.unet.eval()
+    gen.text_encoder.eval()
+    threads = torch.get_num_threads()
+    try:
+        e = evaluate_generator(gen, n=cfg.eval_n)
+    finally:
+        torch.set_num_threads(threads)
+        if ema is not None:
+            _swap(params, ema)
+        gen.unet.train()
+        gen.text_encoder.train()
+    row = {"step": step, "exact_match": e["exact_match"], "colour_accuracy": e["colour_accuracy"],
+           "shape_accuracy": e["shape_accuracy"]}
+    print(f"[unet] step {step:5d}  judged on {cfg.eval_n} captions: exact {row['exact_match']:.3f}  colours "
+          f"{row['colour_accuracy']:.3f}  shapes {row['shape_accuracy']:.3f}", flush=True)
+    return row
 
 
 def save_atomic(gen: ImageGenerator, out: str | os.PathLike) -> None:
@@ -217,8 +254,13 @@ def save_atomic(gen: ImageGenerator, out: str | os.PathLike) -> None:
 
 def pretrain_image_generator(out: str | os.PathLike | None = None, seed: int = 0, vae_steps: int | None = None,
                              unet_steps: int | None = None, config: PretrainSDConfig | None = None,
-                             generator: ImageGenerator | None = None) -> tuple[ImageGenerator, dict]:
-    """Return (trained toy ImageGenerator, stats); saves it SD-layout to `out` when given."""
+                             generator: ImageGenerator | None = None,
+                             vae_from: str | os.PathLike | None = None) -> tuple[ImageGenerator, dict]:
+    """Return (trained toy ImageGenerator, stats); saves it SD-layout to `out` when given.
+
+    vae_from: an SD folder whose trained VAE is reused, skipping stage 1. Each stage draws from its own
+    seeded streams, so stage 2 on the VAE a full run made gives the same weights as that full run.
+    """
     from .presets import PRESETS, toy_image_generator
     from .toy_tokenizers import build_sd_tokenizer
     cfg = PretrainSDConfig(**{**asdict(config or PretrainSDConfig()), "seed": seed,
@@ -229,11 +271,16 @@ def pretrain_image_generator(out: str | os.PathLike | None = None, seed: int = 0
     try:
         torch.manual_seed(cfg.seed)
         gen = generator or toy_image_generator(build_sd_tokenizer(), PRESETS["toy"].sd_resolution)
-        rng = random.Random(f"photochat-pretrain-sd:{cfg.seed}")             # str seeds are stable
+        gen.scheduler = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=cfg.prediction_type)
         t0 = time.perf_counter()
-        stats = {"config": asdict(cfg), **train_vae(gen, cfg, rng)}
+        if vae_from is None:
+            stats = {"config": asdict(cfg), **train_vae(gen, cfg, random.Random(f"photochat-pretrain-sd:{cfg.seed}"))}
+        else:
+            gen.vae = _load_vae(vae_from)
+            stats = {"config": asdict(cfg), "vae_from": str(vae_from)}
         t1 = time.perf_counter()
-        stats.update(train_unet(gen, cfg, rng))
+        torch.manual_seed(cfg.seed + 1)                                       # stage 2 stands on its own
+        stats.update(train_unet(gen, cfg, random.Random(f"photochat-pretrain-sd:{cfg.seed}:unet")))
         t2 = time.perf_counter()
         stats.update(vae_seconds=round(t1 - t0, 1), unet_seconds=round(t2 - t1, 1),
                      params={name: sum(p.numel() for p in m.parameters())
@@ -244,6 +291,15 @@ def pretrain_image_generator(out: str | os.PathLike | None = None, seed: int = 0
         return gen, stats
     finally:
         torch.set_num_threads(threads)
+
+
+def _load_vae(source: str | os.PathLike):
+    """Return the frozen AutoencoderKL of an SD folder (its vae/ subfolder), with a clear error if absent."""
+    from diffusers import AutoencoderKL
+    folder = os.path.join(source, "vae")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"--vae-from {source}: no {folder}/config.json (expected an SD folder with vae/)")
+    return AutoencoderKL.from_pretrained(folder).requires_grad_(False).eval()
 
 
 # ----- judging: does it draw what it is told? (the toy-world classifier of toy_classifier.py) -----
@@ -297,6 +353,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "same seed gives the same weights on the same machine")
     p.add_argument("--vae-steps", type=int, default=d.vae_steps, help="stage 1 (VAE) optimiser steps")
     p.add_argument("--unet-steps", type=int, default=d.unet_steps, help="stage 2 (UNet + text encoder) steps")
+    p.add_argument("--vae-from", default=None, metavar="SD_DIR", help="reuse the trained VAE of this SD folder "
+                   "and run stage 2 only (e.g. photochat_lib/checkpoints/toy/sd)")
+    p.add_argument("--snr-gamma", type=float, default=d.snr_gamma, help="Min-SNR-γ weighting of stage 2's "
+                   "loss (default: %(default)s; none = plain L_v)")
+    p.add_argument("--prediction-type", default=d.prediction_type, choices=["epsilon", "v_prediction", "sample"],
+                   help="what the UNet predicts (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N", help="judge the EMA weights on "
+                   "100 fresh captions every N UNet steps (0 = never)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (on a busy machine "
                    "1 can be faster than 2)")
     p.add_argument("--eval", type=int, default=0, metavar="N", help="after training, generate N images "
@@ -312,8 +376,9 @@ def main(argv=None) -> int:
     """Pretrain, save, optionally judge; print the stats as JSON; return the exit status."""
     args = parse_args(argv)
     cfg = PretrainSDConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                           threads=args.threads, log_every=args.log_every)
-    gen, stats = pretrain_image_generator(args.out, seed=args.seed, config=cfg)
+                           threads=args.threads, log_every=args.log_every, snr_gamma=args.snr_gamma,
+                           prediction_type=args.prediction_type, eval_every=args.eval_every)
+    gen, stats = pretrain_image_generator(args.out, seed=args.seed, config=cfg, vae_from=args.vae_from)
     if args.eval:
         torch.set_num_threads(args.threads)
         stats["vae_eval"] = evaluate_vae(gen)

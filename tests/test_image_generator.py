@@ -52,6 +52,34 @@ def test_image_loss_regresses_on_the_schedulers_target(gen, kind):
     assert seen["ok"] and loss.item() == pytest.approx(0.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weighting_weighs_each_sample_by_min_snr_gamma_in_x0_terms(gen, kind):
+    """A UNet off by 0.5 everywhere: plain L_v is 0.25; Min-SNR-γ scales sample i by min(SNR, γ)/(the target's own weight)."""
+    sched = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=kind)
+    seen = {}
+
+    class OffByHalf(torch.nn.Module):
+        def forward(self, zt, t, encoder_hidden_states):
+            g = torch.Generator().manual_seed(7)
+            z0 = gen.encode_images(target, g)
+            noise = torch.randn(z0.shape, generator=g)
+            seen["t"] = t
+            truth = {"epsilon": noise, "v_prediction": sched.get_velocity(z0, noise, t), "sample": z0}[kind]
+            return type("Out", (), {"sample": truth + 0.5})()
+
+    off = ImageGenerator(gen.text_encoder, gen.tokenizer, OffByHalf(), gen.vae, sched)
+    target = torch.rand(8, 3, 32, 32) * 2 - 1
+    r_sd = gen.one_hot(gen.tokenize(["a"] * 8))
+    plain = off.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7))
+    weighted = off.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7), snr_gamma=5.0)
+    alpha_bar = sched.alphas_cumprod[seen["t"]]
+    snr = alpha_bar / (1 - alpha_bar)
+    own = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[kind]
+    assert plain.item() == pytest.approx(0.25, rel=1e-5)
+    assert weighted.item() == pytest.approx(0.25 * (snr.clamp(max=5.0) / own).mean().item(), rel=1e-5)
+    assert not torch.allclose(snr.clamp(max=5.0) / own, torch.ones_like(snr))   # the weights really vary
+
+
 def test_generate_returns_images_in_unit_range(gen):
     r_sd = gen.one_hot(gen.tokenize(["red circle", "blue square"]))
     imgs = gen.generate(r_sd, num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))

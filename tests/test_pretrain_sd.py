@@ -73,6 +73,24 @@ def test_same_seed_same_weights(tiny_run):
     assert gen.vae.config.scaling_factor == again.vae.config.scaling_factor
 
 
+def test_stage_two_alone_on_the_saved_vae_gives_the_full_runs_weights(tiny_run):
+    """--vae-from reruns only stage 2; each stage has its own seeded streams, and judging midway is read-only."""
+    out, gen, _ = tiny_run
+    cfg = PretrainSDConfig(**{**TINY.__dict__, "eval_every": 5, "eval_n": 4})
+    again, stats = pretrain_image_generator(None, seed=0, config=cfg, vae_from=out)
+    assert "vae_last" not in stats and stats["vae_from"] == str(out)
+    assert [row["step"] for row in stats["unet_curve"]] == [5, 10]
+    assert all(0 <= row["exact_match"] <= 1 for row in stats["unet_curve"])
+    for a, b in ((gen.unet, again.unet), (gen.text_encoder, again.text_encoder), (gen.vae, again.vae)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_vae_from_a_folder_without_a_vae_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no .*vae/config.json"):
+        pretrain_image_generator(None, seed=0, config=TINY, vae_from=tmp_path)
+
+
 def test_saved_folder_loads_back(tiny_run):
     out, gen, _ = tiny_run
     assert {p.name for p in out.iterdir()} == {"text_encoder", "tokenizer", "unet", "vae", "scheduler"}
@@ -87,5 +105,6 @@ def test_cli_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for opt in ("--out", "--seed", "--vae-steps", "--unet-steps", "--threads", "--eval", "--guidance-scale"):
+    for opt in ("--out", "--seed", "--vae-steps", "--unet-steps", "--threads", "--eval", "--guidance-scale",
+                "--vae-from", "--snr-gamma", "--prediction-type", "--eval-every"):
         assert opt in text
