@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
+
 
 def register(subparsers) -> None:
     """Add `photochat chat`."""
@@ -19,8 +21,8 @@ def register(subparsers) -> None:
                    help="a PhotoChatModel folder (default: the shipped toy model; e.g. runs/e2e-s0/final)")
     p.add_argument("--out", default="chat_photos", help="folder where the photos the model shares are saved")
     p.add_argument("--max-new-tokens", type=int, default=48, help="longest reply, in LLM tokens")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps per drawn photo")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="denoising steps per drawn photo")
+    p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
     p.add_argument("--sample", action="store_true", help="sample replies (default: greedy)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and drawing")
     p.set_defaults(func=run)

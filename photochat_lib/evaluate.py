@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .atomic import write_json, write_jsonl
+from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
 
 def select_samples(samples, max_samples: int | None, seed: int = 0):
@@ -40,8 +41,8 @@ def _context_text(sample) -> list[str]:
 
 
 @torch.no_grad()
-def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_inference_steps: int = 20,
-            guidance_scale: float = 3.0, seed: int = 0, image_dir: str | Path | None = None, progress: bool = False):
+def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_inference_steps: int = SAMPLER_STEPS,
+            guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, image_dir: str | Path | None = None, progress: bool = False):
     """Return one prediction record per sample (and the drawn PIL images, keyed by sample id)."""
     from tqdm.auto import tqdm
 
@@ -138,8 +139,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder: predictions.jsonl, metrics.json, images/")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset (half photo-sharing)")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and for sampling")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps per drawn photo")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="denoising steps per drawn photo")
+    p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
     p.add_argument("--inception-weights", default=None,
                    help="local InceptionV3 weights file for IS/FID (real presets; else torch-fidelity downloads)")
     p.set_defaults(func=_cli)

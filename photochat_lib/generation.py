@@ -19,6 +19,7 @@ import re
 import torch
 from PIL import Image
 
+from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 from .tokens import IMG_END, IMG_START
 
 
@@ -110,7 +111,7 @@ def _add_text(reply: Reply, text: str) -> None:
 @torch.no_grad()
 def generate(model, context, speaker: str | None = None, max_new_tokens: int = 48, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, seed: int = 0, draw_images: bool = True,
-             num_inference_steps: int = 20, guidance_scale: float = 3.0) -> Reply:
+             num_inference_steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> Reply:
     """Return the model's next reply to a multimodal context, with a photo drawn per caption.
 
     context: a list of turns — `photochat_lib.data.schema.Turn`, or (speaker, str | PIL.Image)
@@ -125,7 +126,7 @@ def generate(model, context, speaker: str | None = None, max_new_tokens: int = 4
 @torch.no_grad()
 def generate_batch(model, contexts: list, speakers: list | None = None, max_new_tokens: int = 48,
                    do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                   draw_images: bool = True, num_inference_steps: int = 20, guidance_scale: float = 3.0,
+                   draw_images: bool = True, num_inference_steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE_SCALE,
                    image_batch_size: int = 16) -> list[Reply]:
     """Return one Reply per context, generated together (left-padded prompts, one LLM.generate)."""
     from .data.collate import Collator
@@ -174,7 +175,8 @@ def generate_batch(model, contexts: list, speakers: list | None = None, max_new_
     return replies
 
 
-def draw_photos(model, replies: Reply | list[Reply], num_inference_steps: int = 20, guidance_scale: float = 3.0,
+def draw_photos(model, replies: Reply | list[Reply], num_inference_steps: int = SAMPLER_STEPS,
+                guidance_scale: float = GUIDANCE_SCALE,
                 seed: int = 0, batch_size: int = 16) -> None:
     """Draw every non-empty caption of the replies with the image generator (in place)."""
     replies = [replies] if isinstance(replies, Reply) else replies

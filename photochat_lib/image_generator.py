@@ -26,6 +26,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
+from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
+
 
 class ImageGenerator(nn.Module):
     """CLIP text encoder + UNet + VAE + noise scheduler, fed with one-hot caption sequences."""
@@ -117,7 +119,7 @@ class ImageGenerator(nn.Module):
         return (weight * per_sample).mean()
 
     @torch.no_grad()
-    def generate(self, r_sd: torch.Tensor, num_inference_steps: int = 25, guidance_scale: float = 5.0,
+    def generate(self, r_sd: torch.Tensor, num_inference_steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE_SCALE,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Return images in [0, 1] (B, 3, H, W) for one-hot captions r_sd, with classifier-free guidance."""
         cond = self.encode_onehot(r_sd)                                     # (B, n, D)

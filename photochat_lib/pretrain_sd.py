@@ -76,6 +76,7 @@ from diffusers import DDPMScheduler
 from .atomic import replace_dir
 from .data.toy_world import BACKGROUNDS, COLOURS, NOUNS, POSITIONS, SHAPES, SIZES, ToyObject, caption, draw_photo
 from .image_generator import ImageGenerator
+from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
 KINDS = [(c, s) for c in COLOURS for s in SHAPES]  # the 15 colour–shape kinds of the toy world
 
@@ -303,8 +304,7 @@ def _load_vae(source: str | os.PathLike):
 
 
 # ----- judging: does it draw what it is told? (the toy-world classifier of toy_classifier.py) -----
-SAMPLER_STEPS = 20        # DDIM steps of the toy default sampler (chosen on the classifier's judgement)
-GUIDANCE_SCALE = 5.0      # classifier-free-guidance scale of the toy default sampler (5 >= 7 > 3 on eval seed 2)
+# the default sampler (SAMPLER_STEPS, GUIDANCE_SCALE) lives in sampling.py, chosen on the judge's verdicts
 TARGET_EXACT_MATCH = 0.95  # the bar: share of generated photos showing exactly the asked objects
 
 
