@@ -17,7 +17,9 @@ ability on the toy world's photos (data/toy_world.py), in two stages, like laten
 Training photos are drawn on the fly with `draw_photo` from random object sets sampled like the toy
 world's dialogues (1–3 objects, distinct colour–shape kinds, random positions, sizes, background),
 from a `random.Random` seeded by the seed alone; torch is seeded too, so the same seed gives the same
-weights on the same machine. ``python -m photochat_lib.pretrain_sd --out DIR`` runs it.
+weights on the same machine. Each stage has its own streams, so stage 2 alone on a saved VAE
+(``--vae-from DIR``) gives the weights of the full run. ``python -m photochat_lib.pretrain_sd --out DIR``
+runs both stages.
 
 **Left to right** (`left_to_right`, stage 2 only). The toy world's captions list the objects in
 *mention* order while their columns are random, so the UNet would have to learn to put each named
