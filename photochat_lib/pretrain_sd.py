@@ -95,12 +95,12 @@ class PretrainSDConfig:
     object_weight: float = 10.0   # squared-error weight of object pixels (background pixels weigh 1)
     edge_weight: float = 20.0     # extra squared-error weight of pixels on an object's outline (inside or out)
     l1_weight: float = 0.0        # weight of an absolute-error term beside the squared error (sharpens edges)
-    unet_steps: int = 1200        # stage 2 optimiser steps
+    unet_steps: int = 8000        # stage 2 optimiser steps
     unet_batch: int = 32          # captioned photos per UNet step
     unet_lr: float = 2e-3         # peak AdamW learning rate of UNet + text encoder (one-cycle schedule)
     left_to_right: bool = True    # stage 2 captions name the objects left to right (see the module docstring)
     uncond_prob: float = 0.1      # classifier-free-guidance dropout: share of captions replaced by ""
-    snr_gamma: float | None = None  # Min-SNR-γ loss weighting in stage 2 (None = plain L_v)
+    snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting in stage 2 (None = plain L_v)
     prediction_type: str = "epsilon"  # the UNet's target: "epsilon" (as SD 2.1 base), "v_prediction", "sample"
     ema_decay: float = 0.995      # decay of the weight EMA that is saved (0 = save the raw weights)
     threads: int = 1              # torch CPU threads
@@ -299,10 +299,14 @@ def pretrain_image_generator(out: str | os.PathLike | None = None, seed: int = 0
 def _load_vae(source: str | os.PathLike):
     """Return the frozen AutoencoderKL of an SD folder (its vae/ subfolder), with a clear error if absent."""
     from diffusers import AutoencoderKL
+    from diffusers.configuration_utils import FrozenDict
     folder = os.path.join(source, "vae")
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise FileNotFoundError(f"--vae-from {source}: no {folder}/config.json (expected an SD folder with vae/)")
-    return AutoencoderKL.from_pretrained(folder).requires_grad_(False).eval()
+    vae = AutoencoderKL.from_pretrained(folder).requires_grad_(False).eval()
+    # loading records where it came from; drop that so the saved vae/config.json equals a full run's
+    vae._internal_dict = FrozenDict({k: v for k, v in vae.config.items() if k != "_name_or_path"})
+    return vae
 
 
 # ----- judging: does it draw what it is told? (the toy-world classifier of toy_classifier.py) -----
@@ -358,7 +362,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae-from", default=None, metavar="SD_DIR", help="reuse the trained VAE of this SD folder "
                    "and run stage 2 only (e.g. photochat_lib/checkpoints/toy/sd)")
     p.add_argument("--snr-gamma", type=float, default=d.snr_gamma, help="Min-SNR-γ weighting of stage 2's "
-                   "loss (default: %(default)s; none = plain L_v)")
+                   "loss (default: %(default)s; 0 = plain L_v)")
     p.add_argument("--prediction-type", default=d.prediction_type, choices=["epsilon", "v_prediction", "sample"],
                    help="what the UNet predicts (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N", help="judge the EMA weights on "
@@ -378,7 +382,7 @@ def main(argv=None) -> int:
     """Pretrain, save, optionally judge; print the stats as JSON; return the exit status."""
     args = parse_args(argv)
     cfg = PretrainSDConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                           threads=args.threads, log_every=args.log_every, snr_gamma=args.snr_gamma,
+                           threads=args.threads, log_every=args.log_every, snr_gamma=args.snr_gamma or None,
                            prediction_type=args.prediction_type, eval_every=args.eval_every)
     gen, stats = pretrain_image_generator(args.out, seed=args.seed, config=cfg, vae_from=args.vae_from)
     if args.eval:

@@ -7,4 +7,4 @@ the way the toy SD was judged. They were chosen on the toy-world judge's verdict
 Kept free of heavy imports so the CLIs' ``--help`` stays fast.
 """
 SAMPLER_STEPS = 20     # DDIM denoising steps per photo
-GUIDANCE_SCALE = 5.0   # classifier-free-guidance scale
+GUIDANCE_SCALE = 3.0   # classifier-free-guidance scale (toy SD: 2-3 best, see pretrain_sd.py)

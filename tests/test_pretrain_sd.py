@@ -2,6 +2,7 @@
 
 How well the shipped one draws is measured by benchmarks/toy_sd_accuracy.py (target ≥ 95%, not met yet).
 """
+import json
 import random
 
 import numpy as np
@@ -84,6 +85,7 @@ def test_stage_two_alone_on_the_saved_vae_gives_the_full_runs_weights(tiny_run):
     for a, b in ((gen.unet, again.unet), (gen.text_encoder, again.text_encoder), (gen.vae, again.vae)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert json.loads(again.vae.to_json_string()) == json.loads(gen.vae.to_json_string())  # same vae/config.json
 
 
 def test_vae_from_a_folder_without_a_vae_names_it(tmp_path):
