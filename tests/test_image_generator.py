@@ -31,48 +31,46 @@ def test_image_loss_gradient_flows_into_the_onehots(gen):
     assert all(p.grad is None for p in gen.vae.parameters()), "the VAE is frozen"
 
 
+class TargetPlus(torch.nn.Module):
+    """A stand-in UNet that returns the scheduler's true target plus `offset`, replaying image_loss's draws
+    (VAE sample, then noise, from a generator seeded 7); it records the timesteps it was asked about."""
+
+    def __init__(self, gen, sched, target, offset: float):
+        super().__init__()
+        self.gen, self.sched, self.target, self.offset, self.seen_t = gen, sched, target, offset, None
+
+    def forward(self, zt, t, encoder_hidden_states):
+        g = torch.Generator().manual_seed(7)
+        z0 = self.gen.encode_images(self.target, g)
+        noise = torch.randn(z0.shape, generator=g)
+        self.seen_t = t
+        kind = self.sched.config.prediction_type
+        truth = {"epsilon": noise, "v_prediction": self.sched.get_velocity(z0, noise, t), "sample": z0}[kind]
+        return type("Out", (), {"sample": truth + self.offset})()
+
+
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_image_loss_regresses_on_the_schedulers_target(gen, kind):
     """With a UNet that outputs exactly the target, L_v is 0 for every prediction_type."""
     sched = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=kind)
-    seen = {}
-
-    class Oracle(torch.nn.Module):
-        def forward(self, zt, t, encoder_hidden_states):
-            g = torch.Generator().manual_seed(7)   # replay image_loss's draws: VAE sample, then noise
-            z0 = gen.encode_images(target, g)
-            noise = torch.randn(z0.shape, generator=g)
-            truth = {"epsilon": noise, "v_prediction": sched.get_velocity(z0, noise, t), "sample": z0}[kind]
-            seen["ok"] = True
-            return type("Out", (), {"sample": truth})()
-
-    oracle = ImageGenerator(gen.text_encoder, gen.tokenizer, Oracle(), gen.vae, sched)
     target = torch.rand(2, 3, 32, 32) * 2 - 1
-    loss = oracle.image_loss(gen.one_hot(gen.tokenize(["a", "b"])), target, generator=torch.Generator().manual_seed(7))
-    assert seen["ok"] and loss.item() == pytest.approx(0.0, abs=1e-10)
+    oracle = TargetPlus(gen, sched, target, 0.0)
+    model = ImageGenerator(gen.text_encoder, gen.tokenizer, oracle, gen.vae, sched)
+    loss = model.image_loss(gen.one_hot(gen.tokenize(["a", "b"])), target, generator=torch.Generator().manual_seed(7))
+    assert oracle.seen_t is not None and loss.item() == pytest.approx(0.0, abs=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_min_snr_weighting_weighs_each_sample_by_min_snr_gamma_in_x0_terms(gen, kind):
     """A UNet off by 0.5 everywhere: plain L_v is 0.25; Min-SNR-γ scales sample i by min(SNR, γ)/(the target's own weight)."""
     sched = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=kind)
-    seen = {}
-
-    class OffByHalf(torch.nn.Module):
-        def forward(self, zt, t, encoder_hidden_states):
-            g = torch.Generator().manual_seed(7)
-            z0 = gen.encode_images(target, g)
-            noise = torch.randn(z0.shape, generator=g)
-            seen["t"] = t
-            truth = {"epsilon": noise, "v_prediction": sched.get_velocity(z0, noise, t), "sample": z0}[kind]
-            return type("Out", (), {"sample": truth + 0.5})()
-
-    off = ImageGenerator(gen.text_encoder, gen.tokenizer, OffByHalf(), gen.vae, sched)
     target = torch.rand(8, 3, 32, 32) * 2 - 1
+    off = TargetPlus(gen, sched, target, 0.5)
+    model = ImageGenerator(gen.text_encoder, gen.tokenizer, off, gen.vae, sched)
     r_sd = gen.one_hot(gen.tokenize(["a"] * 8))
-    plain = off.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7))
-    weighted = off.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7), snr_gamma=5.0)
-    alpha_bar = sched.alphas_cumprod[seen["t"]]
+    plain = model.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7))
+    weighted = model.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7), snr_gamma=5.0)
+    alpha_bar = sched.alphas_cumprod[off.seen_t]
     snr = alpha_bar / (1 - alpha_bar)
     own = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[kind]
     assert plain.item() == pytest.approx(0.25, rel=1e-5)
