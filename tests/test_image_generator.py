@@ -49,13 +49,18 @@ class TargetPlus(torch.nn.Module):
         return type("Out", (), {"sample": truth + self.offset})()
 
 
+def _with_stand_in(gen, kind: str, batch: int, offset: float):
+    """Return (ImageGenerator whose UNet is a TargetPlus for `kind`, that TargetPlus, its target images)."""
+    sched = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=kind)
+    target = torch.rand(batch, 3, 32, 32) * 2 - 1
+    stand_in = TargetPlus(gen, sched, target, offset)
+    return ImageGenerator(gen.text_encoder, gen.tokenizer, stand_in, gen.vae, sched), stand_in, target
+
+
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_image_loss_regresses_on_the_schedulers_target(gen, kind):
     """With a UNet that outputs exactly the target, L_v is 0 for every prediction_type."""
-    sched = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=kind)
-    target = torch.rand(2, 3, 32, 32) * 2 - 1
-    oracle = TargetPlus(gen, sched, target, 0.0)
-    model = ImageGenerator(gen.text_encoder, gen.tokenizer, oracle, gen.vae, sched)
+    model, oracle, target = _with_stand_in(gen, kind, batch=2, offset=0.0)
     loss = model.image_loss(gen.one_hot(gen.tokenize(["a", "b"])), target, generator=torch.Generator().manual_seed(7))
     assert oracle.seen_t is not None and loss.item() == pytest.approx(0.0, abs=1e-10)
 
@@ -63,10 +68,8 @@ def test_image_loss_regresses_on_the_schedulers_target(gen, kind):
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_min_snr_weighting_weighs_each_sample_by_min_snr_gamma_in_x0_terms(gen, kind):
     """A UNet off by 0.5 everywhere: plain L_v is 0.25; Min-SNR-γ scales sample i by min(SNR, γ)/(the target's own weight)."""
-    sched = DDPMScheduler.from_config(gen.scheduler.config, prediction_type=kind)
-    target = torch.rand(8, 3, 32, 32) * 2 - 1
-    off = TargetPlus(gen, sched, target, 0.5)
-    model = ImageGenerator(gen.text_encoder, gen.tokenizer, off, gen.vae, sched)
+    model, off, target = _with_stand_in(gen, kind, batch=8, offset=0.5)
+    sched = model.scheduler
     r_sd = gen.one_hot(gen.tokenize(["a"] * 8))
     plain = model.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7))
     weighted = model.image_loss(r_sd, target, generator=torch.Generator().manual_seed(7), snr_gamma=5.0)
