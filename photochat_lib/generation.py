@@ -134,15 +134,15 @@ def generate_batch(model, contexts: list, speakers: list | None = None, max_new_
     model.eval()
     tok = model.tokenizer
     collator = Collator(tok, model.image_generator.tokenizer, image_transform=None, sd_image_transform=None,
-                        max_length=model.llm.config.max_position_embeddings)
+                        max_length=model.llm.config.max_position_embeddings, context_photos=model.context_photos)
     rows, photos, photo_rows, tags = [], [], [], []
     for b, (ctx, who) in enumerate(zip(contexts, speakers or [None] * len(contexts))):
-        turns, who, images = _normalise_context(ctx, who)
+        turns, who, images = _normalise_context(ctx, who, model if model.context_photos == "caption" else None)
         prompt = collator.encode_prompt(turns, who, max_new_tokens=max_new_tokens)
         rows.append(prompt["input_ids"][0])
         tags.append(prompt["tag"])
         for t in prompt["context"]:                                              # photos that still fit
-            if t.photo is not None:
+            if collator.sees_pixels(t):
                 photos.append(images.get(id(t)) or load_image(t.photo))
                 photo_rows.append(b)
     T = max(len(r) for r in rows)
@@ -181,21 +181,34 @@ def draw_photos(model, replies: Reply | list[Reply], num_inference_steps: int = 
     """Draw every non-empty caption of the replies with the image generator (in place)."""
     replies = [replies] if isinstance(replies, Reply) else replies
     todo = [s for r in replies for s in r.segments if s.kind == "photo" and s.text]
-    gen = model.image_generator
-    g = torch.Generator(device=gen.unet.device).manual_seed(seed)
-    for k in range(0, len(todo), batch_size):
-        chunk = todo[k:k + batch_size]
+    images = draw_captions(model.image_generator, [s.text for s in todo], num_inference_steps, guidance_scale,
+                           seed, batch_size)
+    for seg, img in zip(todo, images):
+        seg.image = img
+
+
+def draw_captions(generator, captions: list[str], num_inference_steps: int = SAMPLER_STEPS,
+                  guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, batch_size: int = 16) -> list[Image.Image]:
+    """Return one PIL photo per caption, drawn by the image generator (one seeded noise stream)."""
+    g = torch.Generator(device=generator.unet.device).manual_seed(seed)
+    out = []
+    for k in range(0, len(captions), batch_size):
         # §2.5: at inference the caption goes straight to SD; R_SD is the SD tokenizer's one-hot sequence.
-        r_sd = gen.one_hot(gen.tokenize([s.text for s in chunk]))               # (P, n, V_SD)
-        images = gen.generate(r_sd, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              generator=g)                                       # (P, 3, H, W) in [0, 1]
-        for seg, img in zip(chunk, images):
+        r_sd = generator.one_hot(generator.tokenize(captions[k:k + batch_size]))  # (P, n, V_SD)
+        images = generator.generate(r_sd, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                    generator=g)                                    # (P, 3, H, W) in [0, 1]
+        for img in images:
             arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-            seg.image = Image.fromarray(arr)
+            out.append(Image.fromarray(arr))
+    return out
 
 
-def _normalise_context(context, speaker):
-    """Return ([Turn], replying speaker, {id(turn): in-memory PIL image}) from the accepted forms."""
+def _normalise_context(context, speaker, captioner=None):
+    """Return ([Turn], replying speaker, {id(turn): in-memory PIL image}) from the accepted forms.
+
+    captioner: a model whose LLM sees context photos as captions (the pipeline's input end); an
+    in-memory photo then gets the caption `caption_photo` reads from it.
+    """
     from .data.schema import Photo, Turn
     turns, images = [], {}
     for k, item in enumerate(context):
@@ -204,7 +217,8 @@ def _normalise_context(context, speaker):
             continue
         who, content = item if isinstance(item, tuple) else ("AB"[k % 2], item)
         if isinstance(content, Image.Image):
-            turn = Turn(speaker=who, photo=Photo(caption="a photo the user sent"))
+            text = caption_photo(captioner, content) if captioner is not None else "a photo the user sent"
+            turn = Turn(speaker=who, photo=Photo(caption=text))
             images[id(turn)] = content
         else:
             turn = Turn(speaker=who, text=str(content))
@@ -214,3 +228,21 @@ def _normalise_context(context, speaker):
         others = [s for s in speakers + ["A", "B"] if s != turns[-1].speaker] if turns else ["A"]
         speaker = others[0]
     return turns, speaker, images
+
+
+def caption_photo(model, image: Image.Image) -> str:
+    """Return a caption of a photo for a pipeline whose LLM reads context photos as captions.
+
+    The pipeline's image caption model: on the toy preset the toy classifier names the (colour, shape)
+    objects it sees, in the dataset's caption style. The real presets ship no caption model (BLIP-2's
+    OPT is not loaded), so a photo sent to them must come with its caption.
+    """
+    if model.config.preset != "toy":
+        raise ValueError("this pipeline reads context photos as captions (pipeline_context='caption') and the "
+                         f"{model.config.preset!r} preset has no caption model: pass the photo as a Turn with "
+                         "Photo(caption=...), or use pipeline_context='perceptron'")
+    from .data.toy_world import CAPTION_PREFIX, COLOURS, SHAPES
+    from .toy_classifier import load_toy_classifier, to_tensor
+    objects, _ = load_toy_classifier().predict(to_tensor([image]))
+    order = sorted(objects[0], key=lambda cs: (list(COLOURS).index(cs[0]), SHAPES.index(cs[1])))
+    return CAPTION_PREFIX + ", ".join(f"{c} {s}" for c, s in order)

@@ -13,7 +13,15 @@ One forward pass over a batch (the keys of `photochat_lib.data.collate`):
    reaches the LLM through steps 4 → 3.
 
 ``mode="pipeline"`` is the baseline of §3.1.4: the caption reaches SD as discrete text (the SD
-tokenizer's one-hots with no link to the LLM), so no gradient of L_v can reach the LLM.
+tokenizer's one-hots with no link to the LLM), so no gradient of L_v can reach the LLM. Its input end
+is a switch, ``pipeline_context``. The paper's introduction defines the pipeline model by captions at
+*both* ends ("the text dialogue model perceives photos based on the image descriptions from the image
+caption model"), and names that as its first weakness: captions "lose visual details". So the default
+is ``"caption"``: a context photo is written into the LLM's input as its caption (``[IMG] caption[/IMG]``;
+the dataset's caption in training and evaluation, the toy classifier's reading of a photo a user sends
+in chat). ``"perceptron"`` gives the pipeline the end-to-end model's Q-Former input end, so that the
+two modes differ only at the output end: what the image loss's gradient does (the study in
+``benchmarks/when_end2end_helps.py``).
 
 Which caption eq. (11) tokenizes — the paper leaves open whether R_SD (and the sets T_LLM, T_SD of
 eq. 10) come from the *gold* caption or from the caption the LLM *sampled* under teacher forcing.
@@ -31,6 +39,7 @@ import torch
 from torch import nn
 
 from .atomic import write_json
+from .data.collate import CONTEXT_PHOTOS
 from .dvtm import dvtm_average, straight_through_sd
 from .image_generator import ImageGenerator
 from .image_perceptron import ImagePerceptron
@@ -46,6 +55,8 @@ class PhotoChatConfig:
     alpha: float = 1.0                 # α of eq. (13); the paper uses 1
     dvtm_impl: str = "batched"         # "dense" | "sparse" | "batched" (eq. 9–10 implementations)
     sd_caption_source: str = "gold"    # "gold" | "sampled": which caption eq. (11) tokenizes
+    pipeline_context: str = "caption"  # pipeline only: context photos reach the LLM as "caption" text or
+                                       # through the "perceptron" (eq. 3); end2end always uses the perceptron
     preset: str = "toy"                # the preset the model was built from (informational)
     extra: dict = field(default_factory=dict)  # free-form notes saved with the model
 
@@ -54,6 +65,8 @@ class PhotoChatConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.sd_caption_source not in ("gold", "sampled"):
             raise ValueError(f"sd_caption_source must be 'gold' or 'sampled', got {self.sd_caption_source!r}")
+        if self.pipeline_context not in CONTEXT_PHOTOS:
+            raise ValueError(f"pipeline_context must be one of {CONTEXT_PHOTOS}, got {self.pipeline_context!r}")
 
 
 @dataclass
@@ -74,6 +87,11 @@ class PhotoChatModel(nn.Module):
         self.llm, self.tokenizer = llm, tokenizer
         self.perceptron, self.image_generator = perceptron, image_generator
         self.config = config or PhotoChatConfig()
+
+    @property
+    def context_photos(self) -> str:
+        """How context photos reach the LLM: "perceptron" (end2end, §2.3) or the pipeline's `pipeline_context`."""
+        return "perceptron" if self.config.mode == "end2end" else self.config.pipeline_context
 
     @property
     def device(self) -> torch.device:
@@ -161,22 +179,52 @@ class PhotoChatModel(nn.Module):
         return PhotoChatOutput(loss, lt, lv, logits, sampled)
 
     # ----- persistence: one folder per component, each in its upstream repo layout -----
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write llm/ (model + tokenizer), perceptron/, sd/ (diffusers layout) and photochat.json."""
+    def save_pretrained(self, path: str | os.PathLike, components: tuple[str, ...] | None = None) -> None:
+        """Write llm/ (model + tokenizer), perceptron/, sd/ (diffusers layout) and photochat.json
+        (only the named `components` of those three folders, when given)."""
         os.makedirs(path, exist_ok=True)
-        self.llm.save_pretrained(os.path.join(path, "llm"))
-        self.tokenizer.save_pretrained(os.path.join(path, "llm"))
-        self.perceptron.save_pretrained(os.path.join(path, "perceptron"))
-        self.image_generator.save_pretrained(os.path.join(path, "sd"))
+        components = components or ("llm", "perceptron", "sd")
+        if "llm" in components:
+            self.llm.save_pretrained(os.path.join(path, "llm"))
+            self.tokenizer.save_pretrained(os.path.join(path, "llm"))
+        if "perceptron" in components:
+            self.perceptron.save_pretrained(os.path.join(path, "perceptron"))
+        if "sd" in components:
+            self.image_generator.save_pretrained(os.path.join(path, "sd"))
         write_json(os.path.join(path, "photochat.json"), asdict(self.config))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "PhotoChatModel":
-        """Load a folder written by `save_pretrained` (through the same loaders as the hub presets)."""
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                        **overrides) -> "PhotoChatModel":
+        """Load a folder written by `save_pretrained` (through the same loaders as the hub presets).
+
+        dtype: of the weights once loaded; default float32 for the toy preset (whose shipped end-to-end
+        model is stored in float16 to halve its size), else as stored.
+        """
         from .presets import load_components
         with open(os.path.join(path, "photochat.json")) as f:
             config = PhotoChatConfig(**{**json.load(f), **overrides})
+        if dtype is None and config.preset == "toy":
+            dtype = torch.float32
         llm, tok, perceptron, gen = load_components(
             llm=os.path.join(path, "llm"), perceptron=os.path.join(path, "perceptron"),
-            sd=os.path.join(path, "sd"))
+            sd=os.path.join(path, "sd"), dtype=dtype)
         return cls(llm, tok, perceptron, gen, config)
+
+
+def llm_gradient_norms(model: PhotoChatModel, batch: dict, tau: float,
+                       generator: torch.Generator | None = None) -> dict[str, float]:
+    """Return the L2 norms of the LLM's gradients from L_t and from α·L_v alone, at temperature tau.
+
+    How much of the LLM's update the image loss drives (end2end; 0 in the pipeline, where no gradient of
+    L_v reaches the LLM). Used by notebook 06 and benchmarks/when_end2end_helps.py.
+    """
+    params = [p for p in model.llm.parameters() if p.requires_grad]
+    out = model(batch, tau=tau, generator=generator)
+    norms = {}
+    for name, loss in (("text", out.text_loss), ("image", model.config.alpha * out.image_loss)):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(sum(g.double().pow(2).sum() for g in grads if g is not None)) ** 0.5
+    norms["ratio"] = norms["image"] / norms["text"] if norms["text"] else float("nan")
+    return norms
+

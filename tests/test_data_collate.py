@@ -100,6 +100,45 @@ def test_visual_placeholders_and_image_order(toks, dialogue):
     assert torch.allclose(tgt[0, 0], torch.ones(8, 8)) and torch.allclose(tgt[0, 2], -torch.ones(8, 8))
 
 
+def test_caption_context_writes_context_photos_as_their_captions(toks, dialogue):
+    """The pipeline's input end (context_photos="caption"): a context photo is its caption in [IMG] text,
+    with no <image> placeholder and no pixels, while the response's photo is scored exactly as before."""
+    llm, sd = toks
+    image_id = llm.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    samples = dialogue_samples(dialogue)
+    col = Collator(llm, sd, image_transform(16), sd_image_transform(8), num_visual_tokens=NV,
+                   context_photos="caption")
+    data = PhotoChatDataset(samples)
+    b = col([data[i] for i in range(len(samples))])
+    _, ref = collate(toks, samples)
+    assert not (b["input_ids"] == image_id).any() and b["context_pixel_values"].shape[0] == 0
+    text = llm.decode(b["input_ids"][4][b["attention_mask"][4] == 1])
+    assert "B:[IMG] Objects in the photo: red circle[/IMG]\nB: What" in text             # both context photos,
+    assert "A:[IMG] Objects in the photo: blue square, green triangle[/IMG]\nB: Wow" in text  # as text
+    for key in ("target_pixel_values", "sd_input_ids"):
+        assert torch.equal(b[key], ref[key])
+    scored = lambda batch, r: batch["labels"][r][batch["labels"][r] != IGNORE_INDEX].tolist()
+    assert all(scored(b, r) == scored(ref, r) for r in range(len(samples)))
+    with pytest.raises(ValueError, match="context_photos"):
+        Collator(llm, sd, image_transform(16), sd_image_transform(8), context_photos="pixels")
+
+
+def test_unsupervised_captions_are_left_to_the_image_loss(toks, dialogue):
+    """caption_supervision = 0 (the study's designed world): L_t no longer scores the caption's words, but
+    still scores [IMG] and [/IMG]; the caption positions that feed the STGS and DVTM are unchanged."""
+    llm, _ = toks
+    samples = dialogue_samples(dialogue)
+    col, ref = collate(toks, samples)
+    col.caption_supervision = 0.0
+    b = col([PhotoChatDataset(samples)[i] for i in range(len(samples))])
+    assert torch.equal(b["caption_positions"], ref["caption_positions"])
+    is_cap = b["caption_positions"] >= 0
+    assert is_cap.any() and (b["labels"][is_cap] == IGNORE_INDEX).all() and (ref["labels"][is_cap] != IGNORE_INDEX).all()
+    assert torch.equal(b["labels"][~is_cap], ref["labels"][~is_cap])        # everything else, [IMG] [/IMG] too
+    col.caption_supervision = 0.5                                         # a fixed share, by sample id
+    assert [col.caption_scored(s) for s in samples] == [col.caption_scored(s) for s in samples]
+
+
 def test_caption_positions_are_the_caption_tokens(toks, dialogue):
     llm, sd = toks
     start, end = llm.convert_tokens_to_ids([IMG_START, IMG_END])

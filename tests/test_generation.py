@@ -82,3 +82,26 @@ def test_reply_stops_where_another_speaker_begins(model, monkeypatch):
     reply = generate(model, [("A", "Show me!")], speaker="B", draw_images=False)
     assert reply.raw == "Sure!\n Here it is." and reply.text == "Sure! Here it is."
     assert reply.notes == ["reply cut where speaker A began a turn"]
+
+
+def test_pipeline_reads_a_sent_photo_through_its_caption(monkeypatch):
+    """pipeline_context="caption": a photo the user sends is captioned (the toy classifier names its objects)
+    and written into the prompt as "[IMG] caption[/IMG]"; no visual tokens reach the LLM."""
+    from photochat_lib.data.toy_world import ToyObject, draw_photo
+    from photochat_lib.generation import caption_photo
+    from photochat_lib.model import PhotoChatConfig
+    pipe = build_model("toy", seed=0, model_config=PhotoChatConfig(mode="pipeline"))
+    assert pipe.context_photos == "caption"
+    photo = draw_photo([ToyObject("red", "circle", "ball", "big", "left"),
+                        ToyObject("blue", "square", "box", "big", "right")], "white")
+    assert caption_photo(pipe, photo) == "Objects in the photo: red circle, blue square"
+    seen = scripted_llm(pipe, monkeypatch, "Nice!")
+    generate(pipe, ["Look at this", photo, "What do you see?"], draw_images=False)
+    tok = pipe.tokenizer
+    prompt = pipe.llm.get_input_embeddings()(tok("A: Look at this\nB:[IMG] Objects in the photo: red circle, blue "
+                                                 "square[/IMG]\nA: What do you see?\nB:", return_tensors="pt").input_ids)
+    assert torch.allclose(seen["embeds"], prompt)                      # the caption text, not visual tokens
+    assert build_model("toy", seed=0).context_photos == "perceptron"          # end2end: always the Q-Former
+    pipe.config = PhotoChatConfig(mode="pipeline", preset="paper")
+    with pytest.raises(ValueError, match="no caption model"):
+        caption_photo(pipe, photo)

@@ -12,9 +12,15 @@ The responder's first tag ``"B:"`` is the prompt; everything after it (later tur
 their tags, the captions with [IMG]/[/IMG], and eos) is scored by the text loss (eq. 2); the rest is
 ``IGNORE_INDEX``. Too long? Whole context turns are dropped, oldest first (never half a caption or
 half a placeholder run, and their photos go too); if the response alone does not fit, DataError.
+
+**Context photos** (``context_photos``). ``"perceptron"`` (the end-to-end model, §2.3): the ``<image>``
+run above. ``"caption"`` (the pipeline's input end as the paper's introduction describes it: "the text
+dialogue model perceives photos based on the image descriptions"): the photo is written as its caption,
+``"B: [IMG] caption[/IMG]"``, the form the LLM itself writes when it shares one, and no pixels are used.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import torch
@@ -25,6 +31,8 @@ from photochat_lib.data.images import load_image
 from photochat_lib.data.samples import Sample
 from photochat_lib.data.schema import DataError, Photo, Turn
 from photochat_lib.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START, NUM_VISUAL_TOKENS
+
+CONTEXT_PHOTOS = ("perceptron", "caption")  # how a photo in the context U reaches the LLM
 
 
 class PhotoChatDataset(Dataset):
@@ -61,13 +69,18 @@ class Collator:
     """Build the batch contract documented in the module (see keys in :meth:`__call__`)."""
 
     def __init__(self, llm_tokenizer, sd_tokenizer, image_transform: Callable, sd_image_transform: Callable,
-                 max_length: int = 512, num_visual_tokens: int = NUM_VISUAL_TOKENS):
+                 max_length: int = 512, num_visual_tokens: int = NUM_VISUAL_TOKENS,
+                 context_photos: str = "perceptron"):
+        if context_photos not in CONTEXT_PHOTOS:
+            raise ValueError(f"context_photos must be one of {CONTEXT_PHOTOS}, got {context_photos!r}")
         self.llm = llm_tokenizer                   # Llama-style tokenizer with [IMG] [/IMG] <image>
         self.sd = sd_tokenizer                     # CLIP tokenizer of the diffusion model
         self.image_transform = image_transform     # PIL -> (3, H, W), perceptron input
         self.sd_image_transform = sd_image_transform  # PIL -> (3, H', W') in [-1, 1], image-loss target
         self.max_length = max_length               # longest sequence, bos and eos included
         self.num_visual_tokens = num_visual_tokens  # <image> placeholders per context photo
+        self.context_photos = context_photos       # "perceptron": visual tokens (eq. 3); "caption": its caption
+        self.caption_supervision = 1.0             # share of samples whose caption tokens L_t scores (paper: all)
         self.image_id = llm_tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         self.pad_id = llm_tokenizer.pad_token_id if llm_tokenizer.pad_token_id is not None else llm_tokenizer.eos_token_id
         for tok in (IMG_START, IMG_END, IMAGE_PLACEHOLDER):
@@ -81,7 +94,12 @@ class Collator:
         from photochat_lib.presets import get_preset
         p = get_preset(preset)
         return cls(model.tokenizer, model.image_generator.tokenizer, image_transform(p.image_size),
-                   sd_image_transform(p.sd_resolution), max_length=p.max_length)
+                   sd_image_transform(p.sd_resolution), max_length=p.max_length,
+                   context_photos=model.context_photos)
+
+    def sees_pixels(self, turn: Turn) -> bool:
+        """Return whether a context turn reaches the LLM as visual tokens (a photo, perceptron mode)."""
+        return turn.photo is not None and self.context_photos == "perceptron"
 
     # ---- text ---------------------------------------------------------------------------------
     def _render(self, sample: Sample, context: list[Turn]) -> tuple[str, int, list[tuple[int, int]], list[int]]:
@@ -91,7 +109,12 @@ class Collator:
         pos = 0
         for t in context:
             turn_starts.append(pos)
-            body = IMAGE_PLACEHOLDER * self.num_visual_tokens if t.photo is not None else " " + t.text
+            if t.photo is None:
+                body = " " + t.text
+            elif self.context_photos == "perceptron":
+                body = IMAGE_PLACEHOLDER * self.num_visual_tokens
+            else:                                  # the pipeline's input end: the photo as its caption text
+                body = f"{IMG_START} {t.photo.caption}{IMG_END}"
             parts.append(f"{tags[t.speaker]}:{body}\n")
             pos += len(parts[-1])
         parts.append(f"{tags[sample.speaker]}:")  # the prompt: who answers
@@ -142,9 +165,19 @@ class Collator:
             for i, s in enumerate(starts):
                 if a <= s < b and ids[i] != self.image_id:
                     cap[i] = j
-        n_placeholders = sum(t.photo is not None for t in context) * self.num_visual_tokens
+        n_placeholders = sum(self.sees_pixels(t) for t in context) * self.num_visual_tokens
         assert ids.count(self.image_id) == n_placeholders, "an <image> placeholder was split or merged"
+        if spans and not self.caption_scored(sample):        # the study's unsupervised captions: L_t skips
+            labels = [IGNORE_INDEX if c >= 0 else lab for lab, c in zip(labels, cap)]   # them, L_v still sees them
         return {"input_ids": ids, "labels": labels, "caption_positions": cap, "context": context}
+
+    def caption_scored(self, sample: Sample) -> bool:
+        """Return whether L_t scores this sample's caption tokens: always, unless `caption_supervision` < 1
+        (the study's designed toy world), where a fixed, seeded share of samples keeps its caption unscored."""
+        if self.caption_supervision >= 1:
+            return True
+        h = hashlib.sha256(f"caption-supervision:{sample.id}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2 ** 64 < self.caption_supervision
 
     def encode_prompt(self, context: list[Turn], speaker: str, max_new_tokens: int = 0) -> dict:
         """Return the generation prompt: ids of the context plus the responder's tag, the kept turns, the tag.
@@ -186,7 +219,7 @@ class Collator:
             labels[b, :n] = torch.tensor(e["labels"])
             # context photos of the kept turns only: the dropped ones are the first images
             n_dropped = len(it["sample"].context_photos()) - sum(t.photo is not None for t in e["context"])
-            for img in it["context_images"][n_dropped:]:
+            for img in it["context_images"][n_dropped:] if self.context_photos == "perceptron" else []:
                 ctx_pix.append(self.image_transform(img))
                 ctx_idx.append(b)
             cap = torch.tensor(e["caption_positions"])
