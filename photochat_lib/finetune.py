@@ -98,18 +98,21 @@ def _train_new_token_rows(model) -> None:
 def param_groups(model, weight_decay: float, lr: float, sd_lr: float | None = None) -> list[dict]:
     """Return AdamW groups: trainable weights with decay; biases, norms, trainable token rows without.
 
-    With `sd_lr`, the image generator's UNet and text encoder get their own pair of groups at that lr.
+    Every group names its ``side``: "image" for the image generator's parameters (UNet, text encoder),
+    "dialogue" for the rest (LLM, perceptron), so the pipeline can clip, schedule and stop each side on
+    its own. With `sd_lr`, the image side learns at that lr.
     """
-    groups: dict[tuple[bool, bool], list] = {}
-    sd = {id(p) for m in (model.image_generator.unet, model.image_generator.text_encoder) for p in m.parameters()}
+    groups: dict[tuple[str, bool], list] = {}
+    sd = {id(p) for p in model.image_generator.parameters()}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         rows = "trainable_tokens_" in name                # whole embedding rows: no decay towards 0
         decays = not (rows or p.ndim < 2 or "norm" in name.lower())
-        groups.setdefault((sd_lr is not None and id(p) in sd, decays), []).append(p)
-    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr": sd_lr if is_sd else lr}
-            for (is_sd, decays), ps in sorted(groups.items())]
+        groups.setdefault(("image" if id(p) in sd else "dialogue", decays), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "side": side,
+             "lr": sd_lr if side == "image" and sd_lr is not None else lr}
+            for (side, decays), ps in sorted(groups.items())]
 
 
 def merge_lora_(module: nn.Module) -> nn.Module:

@@ -101,6 +101,7 @@ class TrainingRecipe:
     tau_end: float = 0.01                            # temperature after annealing, kept afterwards
     tau_anneal_epochs: int = 3                       # epochs over which tau goes tau_start → tau_end
     max_epochs: int = 20                             # upper bound; early stopping usually ends sooner
+    max_steps: int | None = None                     # a fixed budget of optimizer steps (toy); None: epochs decide
     early_stopping_patience: int = 4                 # epochs without a better dev BLEU-2 and FID
     seeds: tuple[int, ...] = (0, 1, 2)               # the paper averages three seeds
 

@@ -45,7 +45,8 @@ class TrainConfig:
     smoke: bool = False                      # with random_init: colab/paper at tiny widths, every code path kept
     seed: int = 0                            # data order, noise, dropout
     max_epochs: int | None = None            # default: the recipe's
-    max_steps: int | None = None             # stop after this many optimizer steps (None: epochs decide)
+    max_steps: int | None = None             # stop after this many optimizer steps (default: the recipe's;
+                                             # None there too: epochs and early stopping decide)
     micro_batch_size: int | None = None      # default: the recipe's
     grad_accum_steps: int | None = None      # default: the recipe's
     lr: float | None = None                  # default: the recipe's (paper 5e-5)
@@ -57,8 +58,11 @@ class TrainConfig:
     tau_end: float | None = None             # temperature after annealing; default: the recipe's
     tau_anneal_epochs: float | None = None   # epochs of annealing; default: the recipe's (3)
     sd_caption_source: str = "gold"          # which caption eq. (11) tokenizes: gold | sampled
+    pipeline_context: str = "caption"        # pipeline: context photos reach the LLM as caption | perceptron
     dvtm_impl: str = "batched"               # dense | sparse | batched
     photo_only: bool = False                 # train only on responses that share a photo
+    caption_supervision: float = 1.0         # share of training captions L_t scores; the rest reach the LLM
+                                             # only through L_v (benchmarks/when_end2end_helps.py; paper: 1)
     max_train_samples: int | None = None     # cap the training set (a seeded random subset)
     max_grad_norm: float = 1.0               # gradient clipping
     checkpointing_steps: int = 100           # save a checkpoint every N optimizer steps
@@ -112,7 +116,7 @@ def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = 
     from .model import PhotoChatConfig, PhotoChatModel
     from .presets import build_model, shipped_toy_checkpoint
     mc = dict(mode=cfg.mode, alpha=recipe.alpha, dvtm_impl=cfg.dvtm_impl,
-              sd_caption_source=cfg.sd_caption_source, preset=cfg.preset)
+              sd_caption_source=cfg.sd_caption_source, pipeline_context=cfg.pipeline_context, preset=cfg.preset)
     if cfg.random_init and cfg.init:
         raise ValueError("give either --init or --random_init, not both")
     if cfg.smoke and not cfg.random_init:
@@ -135,6 +139,7 @@ def make_loader(cfg, recipe, model, split: str):
         keep = sorted(torch.randperm(len(samples), generator=g)[: cfg.max_train_samples].tolist())
         samples = [samples[i] for i in keep]
     collate = Collator.for_model(model, cfg.preset)
+    collate.caption_supervision = cfg.caption_supervision
     ds = PhotoChatDataset(samples)
     loader = DataLoader(ds, batch_size=recipe.micro_batch_size, sampler=EpochShuffle(len(ds), cfg.seed),
                         collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed))
@@ -167,16 +172,30 @@ class Trainer:
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self.trainable = apply_recipe(model, self.recipe, weight_dtype)
         self.train_ds, loader = make_loader(cfg, self.recipe, model, "train")
-        opt = torch.optim.AdamW(param_groups(model, self.recipe.weight_decay, self.recipe.lr, self.recipe.sd_lr),
-                                lr=self.recipe.lr)
+        # §3.1.4: the pipeline "trains them separately": its dialogue side (LLM + perceptron) and its image
+        # side (SD) each get their own gradient clipping, lr schedule and early stopping. One AdamW holds
+        # both sides' groups; AdamW updates each parameter from its own gradient and moments only, so this
+        # is the same as two optimizers (and keeps fp16 loss scaling to one scaler step per update).
+        groups = param_groups(model, self.recipe.weight_decay, self.recipe.lr, self.recipe.sd_lr)
+        self.sides = ("dialogue", "image") if cfg.mode == "pipeline" else ("joint",)
+        self.side_params = {side: [p for g in groups if side in ("joint", g["side"]) for p in g["params"]]
+                            for side in self.sides}
+        if len(self.sides) > 1 and self.acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            raise ValueError("the pipeline clips its two sides separately, which needs plain DDP (or one "
+                             "process); FSDP and DeepSpeed shard the gradients")
+        opt = torch.optim.AdamW(groups, lr=self.recipe.lr)
         warm = max(1, self.recipe.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # linear warm-up
+        self.state = {"global_step": 0, "epoch": 0, "batches_done": 0, "best": {},
+                      "bad_epochs": {side: 0 for side in self.sides}, "stopped_sides": [],
+                      "history": [], "stopped": None}
+
+        def schedule(side: str):                                   # linear warm-up; 0 once the side stopped
+            return lambda s: 0.0 if side in self.state["stopped_sides"] else min(1.0, (s + 1) / warm)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [schedule(g["side"]) for g in groups])
         self.model, self.opt, self.loader, self.sched = self.acc.prepare(model, opt, loader, sched)
         self.steps_per_epoch = math.ceil(len(self.loader) / self.recipe.grad_accum_steps)
         self.tau = TauScheduler(steps_per_epoch=self.steps_per_epoch, tau_start=self.recipe.tau_start,
                                 tau_end=self.recipe.tau_end, anneal_epochs=self.recipe.tau_anneal_epochs)
-        self.state = {"global_step": 0, "epoch": 0, "batches_done": 0, "best": {}, "bad_epochs": 0,
-                      "history": [], "stopped": None}
         self.out = Path(cfg.output_dir)
         self._interrupted = False
 
@@ -254,7 +273,7 @@ class Trainer:
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
             self._trim_log()
-        max_steps = cfg.max_steps or r.max_epochs * self.steps_per_epoch
+        max_steps = cfg.max_steps or r.max_steps or r.max_epochs * self.steps_per_epoch
         old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         bar = tqdm(total=max_steps, initial=self.state["global_step"], disable=not (cfg.progress and
                    self.acc.is_local_main_process), desc=f"train {cfg.mode}")
@@ -290,7 +309,7 @@ class Trainer:
                 else:
                     self.acc.backward(out.loss)
                 if self.acc.sync_gradients:
-                    norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    norm = self._clip_gradients()
                     if self.acc.mixed_precision == "no" and not torch.isfinite(torch.as_tensor(norm)):
                         self._nonfinite("gradient", batch)
                         self.opt.zero_grad(set_to_none=True)
@@ -331,6 +350,16 @@ class Trainer:
         st["batches_done"] = 0
         return self._end_of_epoch()
 
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the gradient norm to max_grad_norm, once over everything (joint) or per side (pipeline);
+        return the largest pre-clip norm."""
+        if len(self.sides) == 1:
+            return torch.as_tensor(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+        self.acc.unscale_gradients()                   # fp16: once, before both clips (a no-op on fp32)
+        norms = [torch.nn.utils.clip_grad_norm_(self.side_params[side], self.cfg.max_grad_norm)
+                 for side in self.sides]
+        return torch.stack([n.float() for n in norms]).max()
+
     def _nonfinite(self, what: str, batch) -> None:
         msg = (f"non-finite {what} at step {self.state['global_step'] + 1} (epoch {self.state['epoch']}), "
                f"batch ids {batch['ids']}")
@@ -339,8 +368,12 @@ class Trainer:
         self.acc.print(f"[train] {msg}: step skipped")
         self._log({"step": self.state["global_step"] + 1, "skipped": what, "ids": batch["ids"]})
 
+    # what each side's early stopping watches (§3.1.2: "BLEU-2 and FID scores do not increase on the dev set")
+    WATCH = {"joint": ("BLEU-2", "FID"), "dialogue": ("BLEU-2",), "image": ("FID",)}
+    SAVES = {"joint": None, "dialogue": ("llm", "perceptron"), "image": ("sd",)}   # what best/ takes from a side
+
     def _end_of_epoch(self) -> bool:
-        """Evaluate on dev, update early stopping; return True when patience is exhausted."""
+        """Evaluate on dev, update each side's early stopping; return True when every side has stopped."""
         cfg, st = self.cfg, self.state
         if not cfg.eval_every_epochs or st["epoch"] % cfg.eval_every_epochs or not (Path(cfg.data) / "dev").exists():
             return False
@@ -348,32 +381,51 @@ class Trainer:
         metrics = evaluate_model(self.unwrapped, cfg.data, "dev", preset=cfg.preset, max_samples=cfg.eval_samples,
                                  seed=cfg.seed, accelerator=self.acc)["metrics"]
         self.model.train()
-        improved = []
         best = st["best"]
+        improved = set()
         if metrics.get("BLEU-2", -1) > best.get("BLEU-2", -1):
             best["BLEU-2"] = metrics["BLEU-2"]
-            improved.append("BLEU-2")
+            improved.add("BLEU-2")
         if "FID" in metrics and metrics["FID"] < best.get("FID", float("inf")):
             best["FID"] = metrics["FID"]
-            improved.append("FID")
-        st["bad_epochs"] = 0 if improved else st["bad_epochs"] + 1
+            improved.add("FID")
         st["history"].append({"epoch": st["epoch"], "step": st["global_step"], **metrics})
         self.acc.print(f"[dev] epoch {st['epoch']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
                                                                    if isinstance(v, float)))
-        if "BLEU-2" in improved and self.acc.is_main_process:
-            self._save_model(self.out / "best")
-        if st["bad_epochs"] >= self.recipe.early_stopping_patience:
-            st["stopped"] = f"early stopping: no better dev BLEU-2 or FID for {st['bad_epochs']} epochs"
+        for side in self.sides:
+            if side in st["stopped_sides"]:
+                continue
+            better = improved & set(self.WATCH[side])
+            st["bad_epochs"][side] = 0 if better else st["bad_epochs"][side] + 1
+            if self.acc.is_main_process and (("BLEU-2" in better) if side == "joint" else better):
+                self._save_model(self.out / "best", self.SAVES[side])
+            if st["bad_epochs"][side] >= self.recipe.early_stopping_patience:
+                st["stopped_sides"].append(side)
+                for g in self.opt.param_groups:           # from now on this side takes no step
+                    if side in ("joint", g["side"]):
+                        g["lr"] = 0.0
+                self.acc.print(f"[train] {side} side: no better dev {' or '.join(self.WATCH[side])} for "
+                               f"{st['bad_epochs'][side]} epochs; it stops here")
+        if len(st["stopped_sides"]) == len(self.sides):
+            watched = " or ".join(dict.fromkeys(m for side in self.sides for m in self.WATCH[side]))
+            st["stopped"] = f"early stopping: no better dev {watched} for {self.recipe.early_stopping_patience} epochs"
             return True
         return False
 
-    def _save_model(self, path: Path) -> None:
-        """Save a loadable PhotoChatModel folder (LoRA merged into a copy) atomically."""
+    def _save_model(self, path: Path, components: tuple[str, ...] | None = None) -> None:
+        """Save a loadable PhotoChatModel folder (LoRA merged into a copy) atomically; with `components`,
+        replace only those folders of an existing one (the pipeline keeps each side's best)."""
+        import shutil as _shutil
         from .finetune import merge_lora_
         model = self.unwrapped
         if any("lora_" in n or "trainable_tokens_" in n for n, _ in model.named_parameters()):
             model = merge_lora_(_cpu_copy(model))       # on CPU: a 7B copy would not fit next to the live one
-        replace_dir(path, model.save_pretrained)
+
+        def write(tmp: Path) -> None:
+            if components is not None and (path / "photochat.json").exists():
+                _shutil.copytree(path, tmp, dirs_exist_ok=True)
+            model.save_pretrained(tmp, components=components if (path / "photochat.json").exists() else None)
+        replace_dir(path, write)
 
     def save_final(self) -> None:
         """Write final/ (the last weights) and trainer_state.json."""

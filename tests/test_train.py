@@ -195,9 +195,65 @@ def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_da
     cfg.max_train_samples = 4                      # one step per epoch
     state = Trainer(cfg).train()
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4, 5]
-    assert state["best"] == {"BLEU-2": 2.0, "FID": 80.0} and state["bad_epochs"] == 3
+    assert state["best"] == {"BLEU-2": 2.0, "FID": 80.0} and state["bad_epochs"] == {"joint": 3}
     assert state["stopped"].startswith("early stopping")
     assert (tmp_path / "es" / "best" / "photochat.json").exists() and state["global_step"] == 5
+
+
+def test_pipeline_sides_stop_early_on_their_own_metric(toy_data, tmp_path, monkeypatch):
+    """§3.1.4 "trains them separately": the pipeline's dialogue side stops when dev BLEU-2 stalls, its image
+    side when FID stalls; a stopped side's weights no longer move; best/ holds each side at its best."""
+    import photochat_lib.evaluate as E
+    scores = iter([(1.0, 90.0), (2.0, 80.0), (1.0, 70.0), (1.5, 60.0), (1.5, 65.0), (1.5, 66.0), (1.5, 67.0)])
+    monkeypatch.setattr(E, "evaluate_model", lambda *a, **kw: dict(zip(("metrics", "records"),
+                        ({"BLEU-2": (v := next(scores))[0], "FID": v[1]}, []))))
+    cfg = small_cfg(toy_data, tmp_path / "pipe", mode="pipeline", max_steps=None, early_stopping_patience=2,
+                    max_epochs=20)
+    cfg.eval_every_epochs, cfg.max_train_samples, cfg.photo_only = 1, 4, True  # one step per epoch, with photos
+    trainer = Trainer(cfg)
+    llm_at, sd_at = {}, {}
+    real_end = trainer._end_of_epoch
+
+    def end_of_epoch():
+        stop = real_end()
+        model = trainer.unwrapped
+        llm_at[trainer.state["epoch"]] = model.llm.lm_head.weight.detach().clone()
+        sd_at[trainer.state["epoch"]] = next(model.image_generator.unet.parameters()).detach().clone()
+        return stop
+
+    trainer._end_of_epoch = end_of_epoch
+    state = trainer.train()
+    assert state["stopped_sides"] == ["dialogue", "image"] and state["epoch"] == 6
+    assert state["stopped"].startswith("early stopping: no better dev BLEU-2 or FID")
+    assert not torch.equal(llm_at[3], llm_at[4])                                  # dialogue side stopped
+    assert torch.equal(llm_at[4], llm_at[5]) and torch.equal(llm_at[5], llm_at[6])  # after epoch 4 ...
+    assert not torch.equal(sd_at[4], sd_at[5]) and not torch.equal(sd_at[5], sd_at[6])  # ... image side went on
+    best = tmp_path / "pipe" / "best"
+    assert (best / "photochat.json").exists() and (best / "llm").is_dir() and (best / "sd" / "unet").is_dir()
+
+
+def test_pipeline_clips_each_side_on_its_own(toy_data, tmp_path):
+    """One global clip lets SD's large gradient shrink the LLM's update; the pipeline clips each side alone."""
+    for mode in ("pipeline", "end2end"):
+        trainer = Trainer(small_cfg(toy_data, tmp_path / mode, mode=mode, max_steps=1, max_grad_norm=1.0))
+        model = trainer.unwrapped
+        for p in model.parameters():
+            p.grad = None
+        llm = [p for p in model.llm.parameters() if p.requires_grad]
+        sd = [p for p in model.image_generator.unet.parameters() if p.requires_grad]
+        for p in llm:
+            p.grad = torch.full_like(p, 1e-4)
+        for p in sd:
+            p.grad = torch.full_like(p, 1.0)                   # a huge image-side gradient
+        norm = lambda ps: float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in ps)))
+        before = norm(llm)
+        assert before < 1.0 < norm(sd)
+        trainer._clip_gradients()
+        assert norm(sd) == pytest.approx(1.0, rel=1e-4)
+        if mode == "pipeline":
+            assert norm(llm) == pytest.approx(before, rel=1e-6)  # untouched: under its own limit
+        else:
+            assert norm(llm) < before / 100                      # scaled down by SD's norm
 
 
 # ------------------------------------------------------------------ the paper recipe on random config weights
