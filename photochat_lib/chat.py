@@ -18,12 +18,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("chat", help="chat in the terminal; attach photos with /image PATH",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
-                   help="a PhotoChatModel folder (default: the shipped toy model; e.g. runs/e2e-s0/final)")
+                   help="a PhotoChatModel folder, e.g. runs/e2e/final (default: the shipped toy model trained end "
+                        "to end, photochat_lib/checkpoints/toy-end2end)")
     p.add_argument("--out", default="chat_photos", help="folder where the photos the model shares are saved")
     p.add_argument("--max-new-tokens", type=int, default=48, help="longest reply, in LLM tokens")
     p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="denoising steps per drawn photo")
     p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
-    p.add_argument("--sample", action="store_true", help="sample replies (default: greedy)")
+    p.add_argument("--decoding", choices=["greedy", "sample"], default="greedy",
+                   help="greedy: the most likely token at every step; sample: draw each token from p (§2.2)")
+    p.add_argument("--sample", action="store_const", const="sample", dest="decoding", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and drawing")
     p.set_defaults(func=run)
 
@@ -37,7 +40,7 @@ def run(args, stdin=None, stdout=None) -> int:
     from .presets import load_toy_model
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     say = lambda s: (stdout.write(s + "\n"), stdout.flush())
-    model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model()
+    model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     history, n_saved = [], 0
@@ -67,7 +70,7 @@ def run(args, stdin=None, stdout=None) -> int:
             say(f"(photo {path} attached)")
             continue
         history.append(("A", line))
-        reply = generate(model, history, speaker="B", max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+        reply = generate(model, history, speaker="B", max_new_tokens=args.max_new_tokens, do_sample=args.decoding == "sample",
                          seed=args.seed + len(history), num_inference_steps=args.steps, guidance_scale=args.guidance)
         for seg in reply.segments:
             if seg.kind == "text":

@@ -40,10 +40,20 @@ def _context_text(sample) -> list[str]:
     return [f"{t.speaker}: " + (t.text if t.text is not None else f"[photo: {t.photo.caption}]") for t in sample.context]
 
 
+DECODING = ("greedy", "sample")  # how the reply's tokens are chosen from p (eq. 1)
+
+
 @torch.no_grad()
 def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_inference_steps: int = SAMPLER_STEPS,
-            guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, image_dir: str | Path | None = None, progress: bool = False):
-    """Return one prediction record per sample (and the drawn PIL images, keyed by sample id)."""
+            guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, image_dir: str | Path | None = None,
+            progress: bool = False, decoding: str = "greedy"):
+    """Return one prediction record per sample (and the drawn PIL images, keyed by sample id).
+
+    decoding: "greedy" (argmax of p at every step) or "sample" (a token drawn from p, temperature 1, as
+    §2.2 describes inference: "we sample the token from vocabulary probability distribution p").
+    """
+    if decoding not in DECODING:
+        raise ValueError(f"decoding must be one of {DECODING}, got {decoding!r}")
     from tqdm.auto import tqdm
 
     from .generation import generate_batch
@@ -51,7 +61,7 @@ def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_
     for k in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="generate"):
         chunk = samples[k:k + batch_size]
         replies = generate_batch(model, [s.context for s in chunk], [s.speaker for s in chunk],
-                                 max_new_tokens=max_new_tokens, seed=seed + k,
+                                 max_new_tokens=max_new_tokens, seed=seed + k, do_sample=decoding == "sample",
                                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
         for s, r in zip(chunk, replies):
             ref_photos = s.target_photos()
@@ -82,6 +92,8 @@ def score(records, images, preset: str = "toy", inception_weights: str | None = 
     both = [r for r in records if r["reference_shares"] and r["prediction_shares"]]
     with_ref = [r for r in records if r["reference_shares"]]
     m["caption_exact"] = 100.0 * sum(r["prediction_captions"][:1] == r["reference_captions"][:1] for r in both) / max(1, len(both))
+    shared = [r for r in records if r["prediction_shares"]]
+    m["unclosed"] = 100.0 * sum(any(n.startswith("unbalanced") for n in r["notes"]) for r in shared) / max(1, len(shared))
     drawn = [(r, images[r["id"]][0]) for r in both if images.get(r["id"])]
     m["image_coverage"] = 100.0 * len(drawn) / max(1, len(with_ref))
     m["n_samples"], m["n_reference_photos"], m["n_drawn"] = len(records), len(with_ref), len(drawn)
@@ -95,6 +107,46 @@ def score(records, images, preset: str = "toy", inception_weights: str | None = 
             m["attr_acc"] = 100.0 * attribute_accuracy([img for _, img in drawn],
                                                        [r["reference_captions"][0] for r, _ in drawn])
     return m
+
+
+def oracle_metrics(generator, data: str | Path, split: str = "test", max_samples: int | None = None, seed: int = 0,
+                   num_inference_steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> dict:
+    """Return the toy table's anchor rows on the photo-sharing samples of a split (same subset as evaluate).
+
+    * ``reference`` — the reference photos scored against themselves: FID's floor (0) and IS's ceiling;
+      attribute accuracy is the judge's own accuracy on real photos;
+    * ``sd_reference_captions`` — `generator` drawing the *reference* captions: the image generator's
+      ceiling, what any model's photos could reach if its LLM wrote every caption right;
+    * ``random_captions`` — the same generator drawing random toy captions (1–3 random objects): the floor.
+    """
+    import random
+
+    from .data.images import load_image
+    from .data.photochat import read_photochat
+    from .data.samples import make_samples
+    from .data.toy_world import CAPTION_PREFIX, COLOURS, SHAPES
+    from .fidelity import image_metrics
+    from .generation import draw_captions
+    from .toy_classifier import attribute_accuracy
+    samples = select_samples(make_samples(read_photochat(Path(data) / split)), max_samples, seed)
+    photos = [p for s in samples for p in s.target_photos()[:1]]
+    reals = [load_image(p) for p in photos]
+    captions = [p.caption for p in photos]
+    rng = random.Random(f"photochat-random-captions:{seed}")
+    kinds = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    random_caps = [CAPTION_PREFIX + ", ".join(rng.sample(kinds, rng.randint(1, 3))) for _ in photos]
+
+    out = {}
+    for name, images in (("reference", reals),
+                         ("sd_reference_captions", draw_captions(generator, captions, num_inference_steps,
+                                                                 guidance_scale, seed)),
+                         ("random_captions", draw_captions(generator, random_caps, num_inference_steps,
+                                                           guidance_scale, seed))):
+        m = image_metrics(images, reals, extractor="toy")
+        m["attr_acc"] = 100.0 * attribute_accuracy(images, captions)
+        m["n_photos"] = len(images)
+        out[name] = m
+    return out
 
 
 def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "toy", max_samples: int | None = None,
@@ -141,6 +193,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and for sampling")
     p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="denoising steps per drawn photo")
     p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
+    p.add_argument("--decoding", choices=DECODING, default="greedy",
+                   help="greedy: the argmax token at every step (the default: deterministic, so seeds differ "
+                        "only by training); sample: draw each token from p, as the paper's §2.2 describes")
     p.add_argument("--inception-weights", default=None,
                    help="local InceptionV3 weights file for IS/FID (real presets; else torch-fidelity downloads)")
     p.set_defaults(func=_cli)
@@ -155,7 +210,7 @@ def _cli(args) -> int:
         sub = out / f"model{k}" if len(args.model) > 1 else out
         res = evaluate_model(model, args.data, args.split, preset=args.preset, max_samples=args.max_samples,
                              seed=args.seed, out_dir=sub, progress=True, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance)
+                             guidance_scale=args.guidance, decoding=args.decoding)
         runs.append(res["metrics"])
         print(f"[evaluate] {path}: " + ", ".join(f"{k} {v:.2f}" for k, v in res["metrics"].items()))
     if len(runs) > 1:

@@ -145,3 +145,36 @@ def mean_std(values: Sequence[dict]) -> dict[str, dict[str, float]]:
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
     """Return "12.08 ± 0.94"."""
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# Two-sided 95% quantiles of Student's t with df degrees of freedom (t_{0.975, df}); df > 30: 1.96-ish.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 25: 2.060, 30: 2.042}
+LOWER_IS_BETTER = {"FID"}   # every other metric: higher is better
+
+
+def t_975(df: int) -> float:
+    """Return t_{0.975, df} (the nearest tabulated df at or below; 1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError("a t interval needs at least two paired runs")
+    return T_975[max(k for k in T_975 if k <= df)] if df <= 30 else 1.96
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], metric: str = "") -> dict:
+    """Return the mean of a_i − b_i (runs paired by seed) with its 95% t interval and a verdict.
+
+    verdict: "ahead" when the whole interval favours a (above 0, or below 0 for a lower-is-better
+    metric such as FID), "behind" when it favours b, "tied" when it contains 0.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference: {len(a)} runs vs {len(b)} runs")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    half = t_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("inf")
+    low, high = mean - half, mean + half
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    verdict = "ahead" if sign * low > 0 and sign * high > 0 else "behind" if sign * low < 0 and sign * high < 0 else "tied"
+    return {"mean": mean, "low": low, "high": high, "n": n, "verdict": verdict}

@@ -64,3 +64,25 @@ def test_select_samples_balances_photo_and_text_responses(toy):
     chosen = select_samples(samples, 6, seed=0)
     assert len(chosen) == 6 and sum(s.shares_photo for s in chosen) == 3
     assert chosen == select_samples(samples, 6, seed=0)
+
+
+def test_oracle_rows_anchor_the_table(toy, model):
+    """The demo's anchor rows: reference photos against themselves (FID 0, the judge sees their objects),
+    and the image generator on reference and on random captions, on the same photo-sharing subset."""
+    from photochat_lib.evaluate import oracle_metrics
+    rows = oracle_metrics(model.image_generator, toy, "test", num_inference_steps=2)
+    n = sum(s.shares_photo for s in make_samples(read_photochat(toy / "test")))
+    assert set(rows) == {"reference", "sd_reference_captions", "random_captions"}
+    assert all(r["n_photos"] == n for r in rows.values())
+    assert abs(rows["reference"]["FID"]) < 1e-3 and rows["reference"]["attr_acc"] == 100.0
+    assert rows["random_captions"]["FID"] > 1.0          # an untrained generator's drawings are not the photos
+
+
+def test_unclosed_captions_are_counted(toy, model, monkeypatch):
+    """`unclosed`: the share of replies that shared a photo but never closed its [IMG]."""
+    replies = iter(["Sure! [IMG] Objects in the photo: red circle", "[IMG] Objects in the photo: blue square[/IMG]",
+                    "Nice."] * 10)
+    monkeypatch.setattr(G, "generate_batch", lambda model, contexts, speakers=None, **kw:
+                        [G.parse_reply(next(replies)) for _ in contexts])
+    m = evaluate_model(model, toy, "test", max_samples=3)["metrics"]
+    assert m["unclosed"] == pytest.approx(50.0)

@@ -82,3 +82,17 @@ def test_bad_input_gets_clear_errors():
         rouge_l(["a"], [None])
     with pytest.raises(ValueError, match="run 1 has no metric 'FID'"):
         mean_std([{"FID": 1.0}, {"IS": 2.0}])
+
+
+def test_paired_difference_interval_and_verdicts():
+    """end2end − pipeline over seeds: mean, 95% t-interval (df = n − 1), and ahead / behind / tied in words."""
+    from photochat_lib.metrics import paired_difference, t_975
+    d = paired_difference([12.0, 13.0, 14.0], [10.0, 10.0, 10.0], "BLEU-2")      # diffs 2, 3, 4: sd 1
+    assert d["mean"] == pytest.approx(3.0) and d["n"] == 3
+    assert d["high"] - d["mean"] == pytest.approx(4.303 / 3 ** 0.5) and d["verdict"] == "ahead"
+    assert paired_difference([10, 10, 10], [12, 13, 14], "BLEU-2")["verdict"] == "behind"
+    assert paired_difference([1, 3, 2], [2, 2, 2], "BLEU-2")["verdict"] == "tied"   # diffs −1, 1, 0
+    assert paired_difference([70, 71, 72], [80, 80, 80], "FID")["verdict"] == "ahead"  # lower FID is better
+    assert t_975(1) == 12.706 and t_975(40) == 1.96
+    with pytest.raises(ValueError):
+        paired_difference([1, 2], [1], "BLEU-2")
