@@ -232,20 +232,32 @@ def load_components(llm: str, perceptron: str, sd: str, dtype: torch.dtype | Non
     return model, tokenizer, vision, generator
 
 
-TOY_CHECKPOINT = Path(__file__).parent / "checkpoints" / "toy"
+TOY_CHECKPOINT = Path(__file__).parent / "checkpoints" / "toy"             # the toy foundation (Llama/BLIP-2/SD)
+TOY_END2END = Path(__file__).parent / "checkpoints" / "toy-end2end"        # trained end to end on the toy world
 
 
-def shipped_toy_checkpoint() -> Path | None:
-    """Return the shipped, pretrained toy foundation folder if it is complete, else None."""
+def shipped_toy_checkpoint(which: str = "foundation") -> Path | None:
+    """Return a shipped toy model folder if it is complete, else None.
+
+    which: "foundation" (the pretrained stand-ins joint training starts from) or "end2end" (that
+    foundation trained end to end on the toy world by `photochat pretrain --only end2end`).
+    """
+    folders = {"foundation": TOY_CHECKPOINT, "end2end": TOY_END2END}
+    if which not in folders:
+        raise ValueError(f"which must be one of {sorted(folders)}, got {which!r}")
     need = ["photochat.json", "llm/config.json", "perceptron/config.json", "sd/unet/config.json"]
-    return TOY_CHECKPOINT if all((TOY_CHECKPOINT / n).exists() for n in need) else None
+    return folders[which] if all((folders[which] / n).exists() for n in need) else None
 
 
-def load_toy_model(seed: int = 0, **config):
-    """Return the pretrained toy model if shipped ("load if present"), else a fresh random one."""
+def load_toy_model(seed: int = 0, which: str = "foundation", **config):
+    """Return a shipped toy model ("load if present": `which` as in `shipped_toy_checkpoint`), else the
+    foundation, else a fresh random one."""
     from .model import PhotoChatConfig, PhotoChatModel
-    path = shipped_toy_checkpoint()
+    path = shipped_toy_checkpoint(which) or shipped_toy_checkpoint("foundation")
     if path is not None:
+        if which == "end2end" and path != TOY_END2END:
+            warnings.warn(f"no end-to-end toy model in {TOY_END2END}; using the foundation, which never saw "
+                          "[IMG] (run `photochat pretrain --preset toy --only end2end` to create it)")
         return PhotoChatModel.from_pretrained(path, **config)
     warnings.warn(f"no pretrained toy checkpoint in {TOY_CHECKPOINT}; using random weights "
                   "(run `photochat pretrain --preset toy` to create it)")

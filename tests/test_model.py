@@ -143,3 +143,20 @@ def test_parse_reply_edge_cases():
     assert r.captions == [""] and "empty caption" in r.notes[0]
     r = parse_reply(f"oops {IMG_END} fine")
     assert r.text == "oops fine" and "stray" in r.notes[0]
+
+
+def test_llm_gradient_norms_split_the_update_between_the_two_losses(toy_model):
+    """notebook 06 / the study: ‖∇_LLM L_t‖ and ‖∇_LLM α L_v‖; L_v's is 0 in the pipeline, scales with α."""
+    from photochat_lib.model import llm_gradient_norms
+    batch = hand_batch(toy_model)
+    g = torch.Generator
+    toy_model.eval()                                    # no dropout: the two forward passes are the same
+    e2e = llm_gradient_norms(toy_model, batch, tau=1.0, generator=g().manual_seed(0))
+    assert e2e["text"] > 0 and e2e["image"] > 0 and e2e["ratio"] == pytest.approx(e2e["image"] / e2e["text"])
+    double = copy.copy(toy_model)
+    double.config = PhotoChatConfig(alpha=2.0)
+    assert llm_gradient_norms(double, batch, 1.0, g().manual_seed(0))["image"] == pytest.approx(2 * e2e["image"])
+    pipe = copy.copy(toy_model)
+    pipe.config = PhotoChatConfig(mode="pipeline")
+    assert llm_gradient_norms(pipe, batch, 1.0, g().manual_seed(0))["image"] == 0.0
+    toy_model.train()
