@@ -42,7 +42,7 @@ def apply_recipe(model, recipe: TrainingRecipe, weight_dtype: torch.dtype = torc
             dtype = torch.float32 if mode == "train" else weight_dtype
             if isinstance(part, nn.Parameter):
                 part.data = part.data.to(dtype)
-            else:
+            elif any(p.dtype != dtype for p in part.parameters()):   # (diffusers warns on every .to(dtype))
                 part.to(dtype)
             if mode == "lora":
                 _inject_lora(part, recipe.lora_spec(name))      # adapters stay fp32 and trainable

@@ -61,6 +61,11 @@ class TrainConfig:
     pipeline_context: str = "caption"        # pipeline: context photos reach the LLM as caption | perceptron
     dvtm_impl: str = "batched"               # dense | sparse | batched
     photo_only: bool = False                 # train only on responses that share a photo
+    lr_decay: str | None = None              # after warm-up: constant | cosine (default: the recipe's)
+    lr_schedule_steps: int | None = None     # the step where a decaying lr ends (default: max_steps); set it
+                                             # when a run is trained in chunks of rising max_steps
+    photo_repeats: int | None = None         # photo-sharing samples count this many times per epoch (default:
+                                             # the recipe's; 1 = as in the data)
     caption_supervision: float = 1.0         # share of training captions L_t scores; the rest reach the LLM
                                              # only through L_v (benchmarks/when_end2end_helps.py; paper: 1)
     max_train_samples: int | None = None     # cap the training set (a seeded random subset)
@@ -104,7 +109,8 @@ def resolve(cfg: TrainConfig):
     recipe = get_recipe(cfg.preset)
     over = {k: getattr(cfg, k) for k in ("micro_batch_size", "grad_accum_steps", "lr", "sd_lr", "weight_decay",
                                           "warmup_steps", "alpha", "tau_start", "tau_end", "tau_anneal_epochs",
-                                          "max_epochs", "early_stopping_patience") if getattr(cfg, k) is not None}
+                                          "max_epochs", "early_stopping_patience", "photo_repeats", "lr_decay")
+            if getattr(cfg, k) is not None}
     return replace(recipe, **over)
 
 
@@ -138,6 +144,8 @@ def make_loader(cfg, recipe, model, split: str):
         g = torch.Generator().manual_seed(cfg.seed)
         keep = sorted(torch.randperm(len(samples), generator=g)[: cfg.max_train_samples].tolist())
         samples = [samples[i] for i in keep]
+    if recipe.photo_repeats > 1:                 # photo-sharing samples appear photo_repeats times per epoch
+        samples = samples + [s for s in samples if s.shares_photo] * (recipe.photo_repeats - 1)
     collate = Collator.for_model(model, cfg.preset)
     collate.caption_supervision = cfg.caption_supervision
     ds = PhotoChatDataset(samples)
@@ -189,8 +197,8 @@ class Trainer:
                       "bad_epochs": {side: 0 for side in self.sides}, "stopped_sides": [],
                       "history": [], "stopped": None}
 
-        def schedule(side: str):                                   # linear warm-up; 0 once the side stopped
-            return lambda s: 0.0 if side in self.state["stopped_sides"] else min(1.0, (s + 1) / warm)
+        def schedule(side: str):                    # linear warm-up, then the recipe's decay; 0 once stopped
+            return lambda s: 0.0 if side in self.state["stopped_sides"] else self._lr_factor(s, warm)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, [schedule(g["side"]) for g in groups])
         self.model, self.opt, self.loader, self.sched = self.acc.prepare(model, opt, loader, sched)
         self.steps_per_epoch = math.ceil(len(self.loader) / self.recipe.grad_accum_steps)
@@ -198,6 +206,16 @@ class Trainer:
                                 tau_end=self.recipe.tau_end, anneal_epochs=self.recipe.tau_anneal_epochs)
         self.out = Path(cfg.output_dir)
         self._interrupted = False
+
+    def _lr_factor(self, step: int, warm: int) -> float:
+        """Return the lr multiplier at an optimizer step: linear warm-up, then constant (the paper names no
+        decay) or, with recipe.lr_decay == "cosine", a cosine down to 10 % at the run's last step."""
+        if step < warm:
+            return (step + 1) / warm
+        total = getattr(self, "total_steps", None)
+        if self.recipe.lr_decay == "constant" or not total:
+            return 1.0
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     @property
     def unwrapped(self):
@@ -274,6 +292,7 @@ class Trainer:
             self.load_checkpoint(cfg.resume_from_checkpoint)
             self._trim_log()
         max_steps = cfg.max_steps or r.max_steps or r.max_epochs * self.steps_per_epoch
+        self.total_steps = cfg.lr_schedule_steps or max_steps   # where a decaying lr schedule ends
         old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         bar = tqdm(total=max_steps, initial=self.state["global_step"], disable=not (cfg.progress and
                    self.acc.is_local_main_process), desc=f"train {cfg.mode}")

@@ -168,7 +168,8 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "photochat_lib.cli", "train", "--data", str(toy_data), "--output_dir", str(run),
-           "--max_steps", "3", "--checkpointing_steps", "2", "--log_ranks", *COMMON]
+           "--max_steps", "3", "--checkpointing_steps", "2", "--log_ranks", *COMMON,
+           "--photo_repeats", "1"]   # with the toy recipe's repeats one sample id can fill two shards' slots
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -325,3 +326,28 @@ def test_random_config_builds_draw_blip2_for_training_not_loading():
     assert q.shape[1] == 32 and 0.8 < float(q.std()) < 1.2                     # N(0, 1), not zeros
     vit = perceptron.vision_model.encoder.layers[0].mlp.fc1.weight.detach()
     assert 0.01 < float(vit.std()) < 0.03                                      # N(0, 0.02²), not 1e-10
+
+
+def test_chunked_training_follows_one_runs_cosine_schedule(toy_data, tmp_path):
+    """lr_schedule_steps: a run trained in chunks of rising max_steps (notebook 06, the study's curves)
+    logs the learning rates and losses of one uninterrupted run; without it each chunk decays to its end."""
+    from photochat_lib.train import TrainConfig, Trainer
+    common = dict(data=str(toy_data), seed=0, eval_every_epochs=0, max_train_samples=16, micro_batch_size=4,
+                  warmup_steps=1, lr_decay="cosine", checkpointing_steps=10 ** 6, progress=False)
+
+    def log(run):
+        return [json.loads(ln) for ln in (run / "losses.jsonl").read_text().splitlines() if ln]
+
+    Trainer(TrainConfig(output_dir=str(tmp_path / "one"), max_steps=4, **common)).train()
+    chunked = Trainer(TrainConfig(output_dir=str(tmp_path / "chunks"), max_steps=2, lr_schedule_steps=4, **common))
+    chunked.train()
+    chunked.cfg.max_steps = 4
+    chunked.train()
+    one, chunks = log(tmp_path / "one"), log(tmp_path / "chunks")
+    assert [r["step"] for r in one] == [r["step"] for r in chunks] == [1, 2, 3, 4]
+    assert [r["lr"] for r in one] == [r["lr"] for r in chunks]
+    assert [r["loss"] for r in one] == [r["loss"] for r in chunks]
+    assert one[1]["lr"] > one[2]["lr"] > one[3]["lr"]              # it does decay after the warm-up
+    naive = Trainer(TrainConfig(output_dir=str(tmp_path / "naive"), max_steps=2, **common))
+    naive.train()
+    assert log(tmp_path / "naive")[1]["lr"] < one[1]["lr"]         # a 2-step horizon ends its cosine early
