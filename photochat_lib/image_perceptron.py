@@ -56,6 +56,14 @@ class ImagePerceptron(Blip2PreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False):
         """Return visual tokens (N, Q, D_llm); with output_attentions also the Q-Former cross-attentions."""
+        features, cross_attentions = self.query_features(pixel_values, output_attentions)  # (N, 32, Dq)
+        visual = self.language_projection(features)                                  # (N, 32, D_llm)
+        if output_attentions:
+            return visual, cross_attentions
+        return visual
+
+    def query_features(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """Return (the Q-Former's outputs at the 32 queries (N, 32, Dq), cross-attentions or None): eq. (3)."""
         if output_attentions and self.qformer.config._attn_implementation != "eager":
             self.qformer.set_attn_implementation("eager")   # SDPA kernels do not return attention maps
         patches = self.vision_model(pixel_values=pixel_values).last_hidden_state   # eq. (3) ViT: (N, P+1, Dv)
@@ -64,10 +72,7 @@ class ImagePerceptron(Blip2PreTrainedModel):
         out = self.qformer(query_embeds=queries, encoder_hidden_states=patches,
                            encoder_attention_mask=patch_mask,
                            output_attentions=output_attentions)                      # eq. (3) Q-Former
-        visual = self.language_projection(out.last_hidden_state[:, : queries.shape[1]])  # (N, 32, D_llm)
-        if output_attentions:
-            return visual, out.cross_attentions
-        return visual
+        return out.last_hidden_state[:, : queries.shape[1]], out.cross_attentions if output_attentions else None
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Return (N, 3, S, S) pixel values for PIL images of any size and mode (RGB, RGBA, L, P…)."""

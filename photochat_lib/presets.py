@@ -66,17 +66,21 @@ def hf_token() -> str | None:
 
 # ----- the toy architectures (nanoGPT-small: seconds per step on a laptop CPU) -----
 def toy_llm_config(vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> LlamaConfig:
-    """Return a 2-layer, 128-wide Llama config."""
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    """Return a 4-layer, 256-wide Llama config (3 M parameters): deep enough to copy what a dialogue names
+    (copying a list needs heads that compose across layers; the 2-layer, 128-wide one never learned it)."""
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                        pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                        tie_word_embeddings=False)
 
 
 def toy_blip2_config(image_size: int = 32) -> Blip2Config:
-    """Return a BLIP-2 config: 2-layer ViT on 8×8 patches, 2-layer Q-Former with 32 queries."""
+    """Return a BLIP-2 config: 2-layer ViT on 4×4 patches, 2-layer Q-Former with 32 queries.
+
+    4×4 patches (64 per photo): with 8×8 ones a 5-pixel circle and square fall into the same patch features
+    and the perceptron read shapes at chance (see checkpoints/toy/PRETRAIN.md)."""
     vision = Blip2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, image_size=image_size, patch_size=8)
+                               num_attention_heads=4, image_size=image_size, patch_size=4)
     qformer = Blip2QFormerConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, encoder_hidden_size=64, cross_attention_frequency=1,
                                  vocab_size=64, max_position_embeddings=64)

@@ -1,26 +1,30 @@
-"""Pretraining the toy image perceptron, BLIP-2 style (simplified): describe a photo through the LLM.
+"""Pretraining the toy image perceptron, BLIP-2 style (simplified): two stages on photos drawn on the fly.
 
-The paper starts from BLIP-2's ViT and Q-Former (§2.3, §3.1.2). BLIP-2's second stage keeps the LLM
-frozen and trains the Q-Former, its 32 query tokens and a projection so that the LLM, given the 32
-visual tokens as a soft prefix, generates the photo's caption. The toy preset has no BLIP-2, so this
-module does the same from scratch on photos of the toy world, drawn on the fly:
+The paper starts from BLIP-2's ViT and Q-Former (§2.3, §3.1.2). BLIP-2 trains its Q-Former in two
+stages: first *representation* learning against the image encoder (its queries learn to extract what
+text can talk about), then *generative* learning with the LLM frozen (the Q-Former, its 32 query
+tokens and a projection learn to make the LLM write the photo's caption). The toy preset has no
+BLIP-2, so this module does the same from scratch on toy photos:
+
+1. **representation** (`pretrain_representation`): ViT + Q-Former + queries, with an `AttributeHead`
+   on the 32 query outputs that names, for each place, the object's colour, shape and size, and the
+   background — a stand-in for BLIP-2's image-text contrastive / matching objectives. The ViT trains
+   here (there is no pretrained one); the head is thrown away.
+2. **generative** (`pretrain_perceptron`), the LLM frozen as in BLIP-2:
 
     H_v = Q-Former(Q, ViT(I))                      eq. (3): 32 visual tokens, prefix of the LLM input
     L   = -sum_i log p(d_i | H_v, <s>, d_<i)       eq. (2) on the description d
 
-where d is a rich description that names everything the photo shows, objects left to right:
-"A gray background with a big red circle on the left and a small blue square on the right."
-Unlike BLIP-2 the ViT trains too (there is no pretrained one). The objective never sees a dialogue,
-a caption of the PhotoChat style, or the ``[IMG]`` tokens: when to share, and what to write between
-``[IMG]`` and ``[/IMG]``, are left to the joint training (§2.5).
+   where d names everything the photo shows, objects left to right: "A gray background with a big red
+   circle on the left and a small blue square on the right." The Q-Former, queries and projection train.
 
-**Deviation from BLIP-2 (measured, not assumed).** With the toy LLM frozen (``llm_lr=0``) the LLM
-learns the background from the prefix but nothing about the objects: after 300 steps colour accuracy
-was 21-23 % (chance: 20 %), with or without an auxiliary attribute loss on the visual tokens. The
-2-layer, 128-wide LLM, pretrained for ~1.5 min, has no in-context read-out to steer (it cannot even
-copy a scene written out as text into its description). So by default the LLM trains too, at
-``llm_lr``, LLaVA-style, while a replayed causal-LM loss on its pretraining dialogues keeps its
-language; ``photochat pretrain`` then ships that LLM in llm/.
+The objective never sees a dialogue, a caption of the PhotoChat style, or the ``[IMG]`` tokens: when to
+share, and what to write between ``[IMG]`` and ``[/IMG]``, are left to the joint training (§2.5).
+
+**Measured.** The earlier toy LLM (2 layers, 128 wide) could not be steered while frozen (colour accuracy
+at chance) and was trained along, LLaVA-style; and 8×8 patches left shapes and sizes at chance. With 4×4
+patches, stage 1, and the 4-layer LLM that can copy (``pretrain_corpus.py``), the frozen LLM reads every
+attribute (``checkpoints/toy/PRETRAIN.md``). ``llm_lr > 0`` still trains the LLM too.
 """
 from __future__ import annotations
 
@@ -71,13 +75,14 @@ def parse_description(text: str) -> tuple[str | None, dict[str, tuple[str, str, 
 
 
 def description_scores(predicted: list[str], scenes: list[tuple[list[ToyObject], str]]) -> dict:
-    """Return exact-match, attribute, colour and background accuracy of predicted descriptions.
+    """Return exact-match, attribute, colour, shape, size and background accuracy of predicted descriptions.
 
     Attributes per photo: the background, and for every true object its position (an object is
     described at that place), colour, shape and size; an object described at the wrong place gets
-    all four wrong. ``colour_accuracy`` counts only the objects' colours.
+    all four wrong. ``colour_accuracy``, ``shape_accuracy`` and ``size_accuracy`` count objects.
     """
-    exact = attr = n_attr = colour = n_obj = bg_ok = 0
+    exact = attr = n_attr = n_obj = bg_ok = 0
+    per_object = {"size": 0, "colour": 0, "shape": 0}
     for text, (objects, bg) in zip(predicted, scenes):
         exact += text.strip() == describe_scene(objects, bg)
         p_bg, p_obj = parse_description(text)
@@ -88,22 +93,27 @@ def description_scores(predicted: list[str], scenes: list[tuple[list[ToyObject],
             got = p_obj.get(o.position)
             n_obj += 1
             if got is not None:
-                attr += 1 + (got[0] == o.size) + (got[1] == o.colour) + (got[2] == o.shape)
-                colour += got[1] == o.colour
+                hits = {"size": got[0] == o.size, "colour": got[1] == o.colour, "shape": got[2] == o.shape}
+                attr += 1 + sum(hits.values())
+                for k, v in hits.items():
+                    per_object[k] += v
     n = max(1, len(predicted))
     return {"exact_match": exact / n, "attribute_accuracy": attr / max(1, n_attr),
-            "colour_accuracy": colour / max(1, n_obj), "background_accuracy": bg_ok / n, "n_photos": len(predicted)}
+            **{f"{k}_accuracy": v / max(1, n_obj) for k, v in per_object.items()},
+            "background_accuracy": bg_ok / n, "n_photos": len(predicted)}
 
 
 # ----- training -----
 @dataclass
 class PerceptronPretrainConfig:
-    steps: int = 500            # optimizer steps (one fresh batch of photos each)
+    representation_steps: int = 600  # stage 1: ViT + Q-Former + queries with an AttributeHead (0: skip)
+    steps: int = 1000           # stage 2: optimizer steps of the description loss (one fresh batch each)
+    vit_in_stage2: bool = False  # stage 2 trains the ViT too (BLIP-2 keeps its image encoder frozen)
     batch_size: int = 48        # photos per step
     lr: float = 2e-3            # AdamW peak learning rate (the perceptron starts from scratch)
     weight_decay: float = 0.01  # AdamW weight decay on weight matrices
     warmup_steps: int = 30      # linear warm-up, then cosine decay to 10 % of lr
-    llm_lr: float = 1e-3        # > 0: the LLM trains too, at this lr (see the module docstring); 0: frozen
+    llm_lr: float = 0.0         # 0: the LLM is frozen, as in BLIP-2's stage 2; > 0: it trains too, at this lr
     n_eval: int = 200           # fresh photos (a stream training never sees) for the final greedy check
     image_size: int = 32        # side of the drawn photos (the toy preset's ViT input)
 
@@ -153,6 +163,100 @@ def scene_batch(rng: random.Random, n: int, image_size: int = 32):
     return pixels, [describe_scene(objs, bg) for objs, bg in scenes], scenes
 
 
+# ----- stage 1: representation learning (BLIP-2's first stage, simplified) -----
+class AttributeHead(torch.nn.Module):
+    """Reads the Q-Former's 32 query outputs and names what the photo shows: for each place (left, middle,
+    right) whether an object is there and its colour, shape and size, and the background colour.
+
+    A stand-in for the objectives of BLIP-2's first stage (image-text contrastive, matching, grounded
+    generation), which make the queries extract what text can talk about before any LLM is attached.
+    Used only in pretraining; it is not saved."""
+
+    SLOTS = {"present": 2, "colour": len(COLOURS), "shape": len(SHAPES), "size": len(SIZES)}  # per place
+
+    def __init__(self, num_queries: int, dim: int):
+        super().__init__()
+        self.per_place = sum(self.SLOTS.values())
+        self.linear = torch.nn.Linear(num_queries * dim, len(POSITIONS) * self.per_place + len(BACKGROUNDS))
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return {slot: logits}: (N, 3, classes) per place for each SLOTS key, (N, 3) for background."""
+        out = self.linear(features.flatten(1))                                     # (N, 3·per_place + 3)
+        places = out[:, : len(POSITIONS) * self.per_place].view(-1, len(POSITIONS), self.per_place)
+        logits, start = {}, 0
+        for name, k in self.SLOTS.items():
+            logits[name] = places[..., start:start + k]                            # (N, 3, k)
+            start += k
+        logits["background"] = out[:, len(POSITIONS) * self.per_place:]            # (N, 3)
+        return logits
+
+
+def attribute_targets(scenes: list[tuple[list[ToyObject], str]]) -> dict[str, torch.Tensor]:
+    """Return the AttributeHead's targets: class ids (N, 3) per slot (-100 where no object), (N,) background."""
+    n = len(scenes)
+    t = {name: torch.full((n, len(POSITIONS)), IGNORE_INDEX, dtype=torch.long) for name in AttributeHead.SLOTS}
+    t["present"].zero_()
+    t["background"] = torch.tensor([list(BACKGROUNDS).index(bg) for _, bg in scenes])
+    for b, (objects, _) in enumerate(scenes):
+        for o in objects:
+            p = POSITIONS.index(o.position)
+            t["present"][b, p] = 1
+            t["colour"][b, p], t["shape"][b, p] = list(COLOURS).index(o.colour), SHAPES.index(o.shape)
+            t["size"][b, p] = SIZES.index(o.size)
+    return t
+
+
+def attribute_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Return the summed cross-entropy of every slot (absent objects' colour/shape/size are ignored)."""
+    ce = torch.nn.functional.cross_entropy
+    return sum(ce(logits[k].reshape(-1, logits[k].shape[-1]), targets[k].flatten(), ignore_index=IGNORE_INDEX)
+               for k in logits)
+
+
+def attribute_accuracy(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Return the accuracy of each slot over the objects (or places, for "present"; photos for background)."""
+    acc = {}
+    for k, lo in logits.items():
+        y = targets[k]
+        keep = y != IGNORE_INDEX
+        acc[k] = (lo.argmax(-1)[keep] == y[keep]).float().mean().item()
+    return acc
+
+
+def pretrain_representation(perceptron, cfg: "PerceptronPretrainConfig", seed: int = 0,
+                            progress: bool = True) -> dict:
+    """Stage 1: train the ViT, Q-Former and queries with an AttributeHead on fresh photos; return metrics."""
+    rng = random.Random(f"photochat-pretrain-representation:{seed}")
+    head = AttributeHead(perceptron.num_query_tokens, perceptron.config.qformer_config.hidden_size)
+    perceptron.requires_grad_(True).train()
+    params = [p for n, p in perceptron.named_parameters() if not n.startswith("language_projection")]
+    opt = torch.optim.AdamW([*params, *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_cosine(opt, cfg.warmup_steps, cfg.representation_steps)
+    losses, t0 = [], time.time()
+    bar = tqdm(range(cfg.representation_steps), desc="perceptron stage 1", disable=not progress, leave=False)
+    for _ in bar:
+        pixels, _, scenes = scene_batch(rng, cfg.batch_size, cfg.image_size)
+        features, _ = perceptron.query_features(pixels)                            # eq. (3): (B, 32, Dq)
+        loss = attribute_loss(head(features), attribute_targets(scenes))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    perceptron.eval()
+    metrics = {"steps": cfg.representation_steps, "first_loss": losses[0] if losses else None,
+               "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": round(time.time() - t0, 1)}
+    if cfg.n_eval:
+        with torch.no_grad():
+            pixels, _, scenes = scene_batch(random.Random(f"photochat-pretrain-perceptron-heldout:{seed}"),
+                                            cfg.n_eval, cfg.image_size)
+            metrics["heldout_head_accuracy"] = attribute_accuracy(head(perceptron.query_features(pixels)[0]),
+                                                                  attribute_targets(scenes))
+    return metrics
+
+
 def pretrain_perceptron(llm, tokenizer, perceptron, config: PerceptronPretrainConfig | None = None,
                         seed: int = 0, progress: bool = True, replay=None) -> dict:
     """Train the perceptron in place (and the LLM if cfg.llm_lr > 0); return losses, accuracies and seconds.
@@ -164,7 +268,9 @@ def pretrain_perceptron(llm, tokenizer, perceptron, config: PerceptronPretrainCo
     rng = random.Random(f"photochat-pretrain-perceptron:{seed}")  # photos never drawn by the toy splits
     llm.requires_grad_(cfg.llm_lr > 0).eval()                      # frozen as in BLIP-2 stage 2 when llm_lr = 0
     init_from_scratch(perceptron)
+    stage1 = pretrain_representation(perceptron, cfg, seed, progress) if cfg.representation_steps else None
     perceptron.requires_grad_(True).train()
+    perceptron.vision_model.requires_grad_(cfg.vit_in_stage2 or not cfg.representation_steps)
     opt = adamw(perceptron, cfg.lr, cfg.weight_decay)
     if cfg.llm_lr > 0:
         opt.add_param_group({"params": [p for p in llm.parameters()], "lr": cfg.llm_lr, "weight_decay": 0.0})
@@ -192,6 +298,8 @@ def pretrain_perceptron(llm, tokenizer, perceptron, config: PerceptronPretrainCo
     seconds = time.time() - t0
     metrics = {"steps": cfg.steps, "first_loss": losses[0] if losses else None,
                "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": round(seconds, 1)}
+    if stage1 is not None:
+        metrics["representation"] = stage1
     if cfg.n_eval:
         metrics["heldout"] = evaluate_perceptron(llm, tokenizer, perceptron, cfg.n_eval, seed, cfg.image_size)
     return metrics
