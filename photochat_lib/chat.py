@@ -1,7 +1,8 @@
 """`photochat chat`: a terminal photo-sharing chat with a trained model.
 
 Type a message and press Enter. Attach a photo with ``/image PATH`` (it joins the context as your
-turn); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
+turn); ``/bot TEXT`` puts a line in the bot's mouth without a reply (to set up a scene: "/bot I bought a
+red ball."); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
 and every photo it shares is drawn, saved under ``--out`` and its path printed.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run(args, stdin=None, stdout=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     history, n_saved = [], 0
-    say("photochat — type a message; /image PATH to send a photo; /reset; /quit")
+    say("photochat — type a message; /image PATH to send a photo; /bot TEXT to speak for the bot; /reset; /quit")
     while True:
         stdout.write("you> ")
         stdout.flush()
@@ -57,6 +58,9 @@ def run(args, stdin=None, stdout=None) -> int:
         if line == "/reset":
             history = []
             say("(conversation reset)")
+            continue
+        if line.startswith("/bot "):
+            history.append(("B", line[len("/bot "):].strip()))
             continue
         if line.startswith("/image"):
             path = line[len("/image"):].strip()
