@@ -1,0 +1,270 @@
+"""When does the image loss help? End-to-end vs pipeline on the toy world, measured over seeds.
+
+The paper's claim (Table 2) is that training the LLM through Stable Diffusion's loss (eq. 13, the STGS
+and the DVTM carrying L_v's gradient back) beats training them apart. Three measurements test it:
+
+1. **Learning curves.** Caption exact match and attribute accuracy of the drawn photos against
+   training steps, end-to-end vs the pipeline with the *same* input end (``pipeline_context=
+   "perceptron"``: the two differ only in whether L_v's gradient reaches the LLM), 3 seeds.
+2. **Ablation.** α ∈ {0, 0.5, 1, 2} (α = 0: L_v never reaches the LLM, nor trains SD) and which caption
+   eq. (11) tokenizes (``sd_caption_source`` gold vs sampled), 3 seeds, at the last step.
+3. **Gradient size.** ‖∇_LLM α·L_v‖ next to ‖∇_LLM L_t‖ on a fixed batch of photo-sharing samples,
+   at every point of the curves (τ anneals as training goes).
+
+Hypothesis. The sentence-level DVTM is rank one (notebook 04): whatever SD's loss says, what reaches
+the LLM at a caption is ONE number per caption — put more, or less, probability on the caption's own
+token set — while L_t names every token. With full caption supervision, L_v should add nothing
+measurable. It could only teach where L_t is silent, so a designed toy world takes L_t's supervision
+of the caption words away (``caption_supervision`` 0: L_t still teaches when to share, ``[IMG]`` and
+``[/IMG]``; only the photos say what to write between them):
+
+4. **Captions taught by photos alone.** End-to-end vs the pipeline at caption_supervision 0, 3 seeds.
+
+Writes ``reports/when_end2end_helps.{json,md,png}`` (the figure notebook 07 shows) and prints the table.
+Runs are cached under ``--runs``, so an interrupted study resumes. The committed report came from
+(70 min on one core of this machine, next to another job):
+
+    python benchmarks/when_end2end_helps.py --arm-seeds 0 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPHAS = (0.0, 0.5, 1.0, 2.0)
+SOURCES = ("gold", "sampled")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/toy", help="toy dataset (generated there if absent)")
+    p.add_argument("--runs", default="runs/study", help="where the runs and their evaluations are cached")
+    p.add_argument("--reports", default="reports", help="where when_end2end_helps.{json,md,png} go")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--arm-seeds", type=int, nargs="+", default=None,
+                   help="seeds of the ablation and caption-supervision arms (default: --seeds)")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps of every run (the toy recipe's max_steps)")
+    p.add_argument("--curve", type=int, nargs="+", default=[100, 200, 300, 400, 500],
+                   help="steps at which the learning curves are evaluated (the last must be --steps)")
+    p.add_argument("--eval-samples", type=int, default=80, help="test samples per evaluation (half share a photo)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--init", default=None, help="foundation folder (default: the shipped toy foundation)")
+    p.add_argument("--quick", action="store_true", help="one seed, 20 steps, 8 samples: checks the script runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.curve, args.eval_samples = args.seeds[:1], 20, [10, 20], 8
+    if args.curve[-1] != args.steps:
+        p.error(f"--curve must end at --steps ({args.steps})")
+    return args
+
+
+def arm_name(mode: str, alpha: float = 1.0, source: str = "gold", supervision: float = 1.0,
+             context: str = "perceptron", tau_end: float | None = None) -> str:
+    """Return a run-folder name for one configuration."""
+    return f"{mode}-a{alpha:g}-{source}-sup{supervision:g}-{context}" + (f"-tau{tau_end:g}" if tau_end else "")
+
+
+def train_to(args, name: str, seed: int, steps: int, **cfg) -> Path:
+    """Train (or resume) the run `name` up to `steps` optimizer steps; return its folder (final/ inside)."""
+    from photochat_lib.train import TrainConfig, Trainer
+    run = Path(args.runs) / f"{name}-seed{seed}"
+    state = run / "trainer_state.json"
+    done = json.loads(state.read_text())["global_step"] if state.exists() else 0
+    if done >= steps and (run / "final" / "photochat.json").exists():
+        return run
+    tc = TrainConfig(data=args.data, output_dir=str(run), seed=seed, max_steps=steps, lr_schedule_steps=args.steps,
+                     eval_every_epochs=0, init=args.init,
+                     checkpointing_steps=min(args.curve), checkpoints_total_limit=1, progress=False,
+                     resume_from_checkpoint="latest" if done else None, **cfg)
+    Trainer(tc).train()      # resuming (and lr_schedule_steps) replays one uninterrupted run exactly
+    return run
+
+
+def measure(args, run: Path, step: int, seed: int, batch) -> dict:
+    """Return caption exact / attribute accuracy / share F1 on the test subset, and the gradient norms."""
+    import torch
+
+    from photochat_lib.evaluate import evaluate_model
+    from photochat_lib.model import PhotoChatModel, llm_gradient_norms
+    cache = run / f"study-step{step}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    model = PhotoChatModel.from_pretrained(run / "final")
+    m = evaluate_model(model, args.data, "test", preset="toy", max_samples=args.eval_samples, seed=0)["metrics"]
+    log = [json.loads(ln) for ln in (run / "losses.jsonl").read_text().splitlines() if ln]
+    tau = next(r["tau"] for r in log if r.get("step") == step and "tau" in r)   # the τ training was at
+    model.eval()                                 # no dropout: every arm's probe sees the same forward pass
+    grads = llm_gradient_norms(model, batch, tau, torch.Generator().manual_seed(seed))
+    rec = {"step": step, "tau": tau, **{k: m.get(k) for k in ("caption_exact", "share F1", "BLEU-2", "unclosed",
+                                                            "n_drawn")},
+           "attr_acc": m.get("attr_acc", 0.0),       # fewer than 2 photos drawn: none of them counts as right
+           "grad_text": grads["text"], "grad_image": grads["image"], "grad_ratio": grads["ratio"]}
+    cache.write_text(json.dumps(rec))
+    return rec
+
+
+def fixed_batch(args):
+    """Return one collated batch of 8 photo-sharing training samples (the gradient probe)."""
+    from photochat_lib.data.collate import Collator, PhotoChatDataset
+    from photochat_lib.data.photochat import read_photochat
+    from photochat_lib.data.samples import make_samples
+    from photochat_lib.model import PhotoChatModel
+    from photochat_lib.presets import load_toy_model
+    samples = [s for s in make_samples(read_photochat(Path(args.data) / "train")) if s.shares_photo][:8]
+    model = PhotoChatModel.from_pretrained(args.init) if args.init else load_toy_model()
+    ds = PhotoChatDataset(samples)
+    return Collator.for_model(model, "toy")([ds[i] for i in range(len(ds))])
+
+
+def summarise(values: list[float]) -> str:
+    from photochat_lib.metrics import format_mean_std, mean_std
+    if len(values) == 1:
+        return f"{values[0]:.1f}"                # one seed: no spread to show
+    s = mean_std([{"v": v} for v in values])["v"]
+    return format_mean_std(s["mean"], s["std"], 1)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.arm_seeds = args.arm_seeds or args.seeds
+    import torch
+    torch.set_num_threads(args.threads)
+    if not (Path(args.data) / "train").exists():
+        from photochat_lib.data.toy_world import write_toy_dataset
+        write_toy_dataset(args.data, seed=0)
+    t0 = time.perf_counter()
+    batch = fixed_batch(args)
+    results: dict = {"settings": {k: v for k, v in vars(args).items()}, "curves": {}, "ablation": {},
+                     "supervision": {}}
+    # 1 + 3: curves (and gradient sizes along them)
+    for mode in ("end2end", "pipeline"):
+        name = arm_name(mode)
+        for seed in args.seeds:
+            for step in args.curve:
+                run = train_to(args, name, seed, step, mode=mode, pipeline_context="perceptron")
+                results["curves"].setdefault(mode, {}).setdefault(str(seed), []).append(
+                    measure(args, run, step, seed, batch))
+            print(f"[study] curve {mode} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+    # 2: α × caption source at the last step (α = 1 gold is the curves' end2end run)
+    for alpha in ALPHAS:
+        for source in SOURCES if alpha else SOURCES[:1]:
+            name = arm_name("end2end", alpha, source)
+            for seed in args.arm_seeds:
+                run = train_to(args, name, seed, args.steps, mode="end2end", alpha=alpha, sd_caption_source=source)
+                results["ablation"].setdefault(f"{alpha:g}/{source}", []).append(
+                    measure(args, run, args.steps, seed, batch))
+            print(f"[study] ablation α={alpha:g} {source}: {time.perf_counter() - t0:.0f} s", flush=True)
+    # 4: the designed world — captions taught by the photos alone; and τ held at 1, where L_v's gradient
+    #    does not vanish as the STGS saturates (τ = 1 throughout: tau_end = tau_start)
+    arms = [("end2end", 1.0, 0.0, None), ("end2end", 0.0, 0.0, None), ("pipeline", 1.0, 0.0, None),
+            ("end2end", 1.0, 0.0, 1.0), ("end2end", 1.0, 1.0, 1.0)]
+    for mode, alpha, supervision, tau_end in arms:
+        name = arm_name(mode, alpha, supervision=supervision, tau_end=tau_end)
+        for seed in args.arm_seeds:
+            run = train_to(args, name, seed, args.steps, mode=mode, alpha=alpha, caption_supervision=supervision,
+                           pipeline_context="perceptron", tau_end=tau_end)
+            results["supervision"].setdefault(f"{mode}/a{alpha:g}/sup{supervision:g}" +
+                                              (f"/tau{tau_end:g}" if tau_end else ""), []).append(
+                measure(args, run, args.steps, seed, batch))
+        print(f"[study] caption_supervision {supervision:g}, {mode} α={alpha:g} τ_end={tau_end}: "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    results["minutes"] = round((time.perf_counter() - t0) / 60, 1)
+    results["train_minutes"] = round(sum(json.loads(ln)["seconds"] for log in Path(args.runs).glob("*/losses.jsonl")
+                                         for ln in log.read_text().splitlines() if ln) / 60, 1)
+    report(args, results)
+    return 0
+
+
+def report(args, results: dict) -> None:
+    """Write the json, the markdown table and the figure; print the table."""
+    from photochat_lib.atomic import write_json, write_text
+    from photochat_lib.metrics import paired_difference
+    out = Path(args.reports)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "when_end2end_helps.json", results)
+    cols = ("caption_exact", "attr_acc", "share F1", "grad_ratio")
+    lines = ["| arm | caption exact | attr. acc. | share F1 | ‖∇Lv‖/‖∇Lt‖ at the LLM |", "|---|---|---|---|---|"]
+
+    def row(label, recs):
+        cells = []
+        for c in cols:
+            vals = [r[c] for r in recs if r.get(c) is not None]
+            cells.append(_ratio(vals) if c == "grad_ratio" and vals else summarise(vals) if vals else "n/a")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    last = lambda mode: [recs[-1] for recs in results["curves"][mode].values()]
+    row(f"end2end (α 1, gold), {args.steps} steps", last("end2end"))
+    row(f"pipeline (Q-Former input), {args.steps} steps", last("pipeline"))
+    for key, recs in results["ablation"].items():
+        alpha, source = key.split("/")
+        row(f"end2end α {alpha}, {source}" if float(alpha) else "end2end α 0 (L = Lt)", recs)
+    for key, recs in results["supervision"].items():
+        mode, alpha, sup, *tau = key.split("/")
+        row(f"{mode}, α {alpha[1:]}" + (", captions unscored by Lt" if sup == "sup0" else "") +
+            (", τ held at 1" if tau else ""), recs)
+    diffs = []
+    for c in ("caption_exact", "attr_acc"):
+        d = paired_difference([r[c] for r in last("end2end")], [r[c] for r in last("pipeline")], c)
+        diffs.append(f"{c}: {d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] ({d['verdict']})")
+    sup = results["supervision"]
+    for label, a_key in (("captions unscored", "end2end/a1/sup0"), ("captions unscored, τ held at 1",
+                                                                    "end2end/a1/sup0/tau1")):
+        for c in ("caption_exact", "attr_acc"):
+            d = paired_difference([r[c] for r in sup[a_key]], [r[c] for r in sup["pipeline/a1/sup0"]], c)
+            diffs.append(f"{label}, {c}: {d['mean']:+.1f} " + (f"[{d['low']:+.1f}, {d['high']:+.1f}] ({d['verdict']})"
+                                                                if d["n"] > 1 else "(one seed: no interval)"))
+    png = figure(args, results, out / "when_end2end_helps.png")
+    md = "\n".join(["# When does the image loss help? (benchmarks/when_end2end_helps.py)", "",
+                    f"Seeds {args.seeds} (curves), {args.arm_seeds} (other arms), {args.steps} steps per run, {args.eval_samples} test samples per "
+                    f"evaluation. Training took {results['train_minutes']} min of optimizer steps summed over the runs (cached in "
+                    f"`{args.runs}`; this invocation {results['minutes']} min). Mean ± std over seeds.", "",
+                    *lines, "", "end2end − pipeline (95% t-interval over paired seeds): " + "; ".join(diffs) + ".",
+                    "", f"![learning curves and gradient sizes]({png.name})", ""])
+    write_text(out / "when_end2end_helps.md", md)
+    print(md)
+
+
+def _ratio(values: list[float]) -> str:
+    """Return a gradient ratio (it spans orders of magnitude): the mean, and the range over seeds."""
+    mean = sum(values) / len(values)
+    return f"{mean:.1e}" if len(values) == 1 else f"{mean:.1e} ({min(values):.0e} to {max(values):.0e})"
+
+
+def figure(args, results: dict, path: Path) -> Path:
+    """Plot caption exact match, attribute accuracy and the gradient ratio against steps, per seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    colours = {"end2end": "tab:blue", "pipeline": "tab:orange"}
+    for mode, per_seed in results["curves"].items():
+        for k, (seed, recs) in enumerate(per_seed.items()):
+            steps = [r["step"] for r in recs]
+            kw = dict(color=colours[mode], alpha=0.8, label=mode if k == 0 else None, marker="o", ms=3)
+            axes[0].plot(steps, [r["caption_exact"] for r in recs], **kw)
+            axes[1].plot(steps, [r["attr_acc"] or 0 for r in recs], **kw)
+            if mode == "end2end":
+                axes[2].semilogy(steps, [max(r["grad_ratio"], 1e-8) for r in recs], **kw)
+    axes[0].set_title("caption exact match (%)")
+    axes[1].set_title("attribute accuracy of drawn photos (%)")
+    axes[2].set_title("‖∇ αLv‖ / ‖∇ Lt‖ at the LLM (end2end; < 1e-8 drawn at 1e-8)", fontsize=10)
+    taus = {r["step"]: r["tau"] for recs in results["curves"]["end2end"].values() for r in recs}
+    for step, tau in sorted(taus.items()):
+        axes[2].annotate(f"τ={tau:.2g}", (step, 1.0), textcoords="offset points", xytext=(0, -10), ha="center",
+                         fontsize=8, xycoords=("data", "axes fraction"))
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
