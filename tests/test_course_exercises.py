@@ -27,10 +27,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXERCISES = ["01", "03", "04", "05"]            # 3-5 exercises with asserting, collapsed solutions
-PITFALLS = ["03", "04", "05"]                   # a "## Pitfalls" section
-SUMMARIES = ["00", "01", "03", "04", "05"]      # ends with "## Summary" and "## References"
-FIGURES = ["00", "01", "03", "04", "05"]        # figure-only code cells hidden in the book
+EXERCISES = ["01", "02", "03", "04", "05", "06", "07"]            # 3-5 exercises with asserting, collapsed solutions
+PITFALLS = ["02", "03", "04", "05", "06", "07", "08"]                   # a "## Pitfalls" section
+SUMMARIES = ["00", "01", "02", "03", "04", "05", "06", "07", "08"]      # ends with "## Summary" and "## References"
+FIGURES = ["00", "01", "02", "03", "04", "05", "06", "07", "08"]        # figure-only code cells hidden in the book
 
 EXERCISE = re.compile(r"^### Exercise (\d+)\.(\d+) — \S")
 SOLUTION_MD = re.compile(r"^:::\{(?:admonition|dropdown)\} Solution (\d+)\.(\d+)\b")
