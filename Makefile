@@ -10,7 +10,7 @@ STAMP := $(VENV)/.photochat-installed
 
 NBVAL := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: install demo test test-fast bench notebooks book book-test clean-venv
+.PHONY: install demo test test-fast bench notebooks course-links book book-test clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -57,6 +57,10 @@ $(MATHJAX):
 	cp -r book/_build/npm/node_modules/mathjax/es5/output/chtml/fonts book/_mathjax/mathjax/output/chtml/
 	mkdir -p book/_mathjax/mathjax/input/tex
 	cp -r book/_build/npm/node_modules/mathjax/es5/input/tex/extensions book/_mathjax/mathjax/input/tex/
+
+# point every Colab badge, install cell and the book's repository link at [tool.photochat.course] in pyproject.toml
+course-links: $(STAMP)
+	$(PY) book/course_links.py
 
 # the Jupyter Book site (1.x, offline; stored outputs rendered, nothing executed)
 book: $(STAMP) $(MATHJAX)
