@@ -174,3 +174,33 @@ def test_stored_outputs_are_clean(path):
                     if pattern.search(line):
                         problems.append(f"code cell {k + 1} stores {what}: {line.strip()[:120]!r}")
     assert not problems, f"{path.name}:\n  " + "\n  ".join(problems[:10])
+
+
+def _claimed_seconds(text: str) -> float:
+    """Return the seconds of the first 'about N s' / 'about N min' / '~N s' / '~N min' in text."""
+    m = re.search(r"(?:about |~)(\d+(?:\.\d+)?) (s|min)\b", text)
+    assert m, f"no runtime in {text[:80]!r}"
+    return float(m.group(1)) * (60 if m.group(2) == "min" else 1)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_runtime_in_the_header_matches_the_readme_and_the_stored_run(path):
+    """The header's runtime, the README's course table and the stored run's own timestamps agree: the header
+    and the README say the same, and the committed run's cells took between a third of it and three times it in
+    all (the committing machine may have been busier or idler than the quiet 2 cores the prose assumes; the
+    kernel's start and the time between cells are not counted)."""
+    from datetime import datetime
+    nb = nbformat.read(path, as_version=4)
+    header = re.search(r"\*\*Runtime\*\* \|([^|\n]*)\|", nb.cells[0].source)
+    assert header, f"{path.name}: no Runtime row in the header"
+    claim = _claimed_seconds(header.group(1))
+    readme = (ROOT / "README.md").read_text()
+    row = re.search(rf"^\| {path.name[:2]} [^\n]*", readme, re.M)
+    assert row, f"README.md: no course-table row for {path.name}"
+    cells = row.group(0).split("|")
+    assert _claimed_seconds(cells[3]) == claim, f"{path.name}: header says {claim:g} s, README {cells[3].strip()}"
+    stamps = [c.metadata["execution"] for c in nb.cells if c.cell_type == "code" and "execution" in c.metadata]
+    assert stamps, f"{path.name}: the stored run has no execution timestamps (re-run with make notebooks)"
+    t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    took = sum((t(e["shell.execute_reply"]) - t(e["iopub.execute_input"])).total_seconds() for e in stamps)
+    assert claim / 3 <= took <= 3 * claim, f"{path.name}: the stored run took {took:.0f} s, the header says {claim:g} s"
