@@ -2,16 +2,28 @@
 
 Files go through a temp file in the same folder (fsync, then os.replace); folders are built in a temp
 sibling and swapped in. Every writer in the package (datasets, manifests, checkpoints, reports) uses
-these, so an interrupted run leaves either the old file or the new one.
+these, so an interrupted run leaves either the old file or the new one. File names built from data go
+through `safe_name`.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """Return `text` (a dialogue or sample id) as one plain file-name component: every run of characters other
+    than letters, digits, '_', '-' and '.' becomes '_' and leading dots go, so an id such as '../../x',
+    '/abs/x' or 'a/b' can neither leave its folder nor name a missing subfolder."""
+    return _UNSAFE.sub("_", str(text)).lstrip(".") or "_"
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -3,11 +3,13 @@
 Type a message and press Enter. Attach a photo with ``/image PATH`` (it joins the context as your
 turn); ``/bot TEXT`` puts a line in the bot's mouth without a reply (to set up a scene: "/bot I bought a
 red ball."); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
-and every photo it shares is drawn, saved under ``--out`` and its path printed.
+and every photo it shares is drawn, saved under ``--out`` (numbered after the photos already there, so a
+new session never overwrites an earlier one's) and its path printed.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -44,7 +46,9 @@ def run(args, stdin=None, stdout=None) -> int:
     model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    history, n_saved = [], 0
+    history = []
+    n_saved = max((int(m.group(1)) for f in out.glob("photo_*.png")            # never overwrite an earlier
+                   if (m := re.fullmatch(r"photo_(\d+)\.png", f.name))), default=0)   # session's photos
     say("photochat — type a message; /image PATH to send a photo; /bot TEXT to speak for the bot; /reset; /quit")
     while True:
         stdout.write("you> ")

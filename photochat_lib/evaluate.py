@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_json, write_jsonl
+from .atomic import safe_name, write_json, write_jsonl
 from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
 
@@ -72,7 +72,7 @@ def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_
             for j, img in enumerate(r.images):
                 images.setdefault(s.id, []).append(img)
                 if image_dir is not None:
-                    path = Path(image_dir) / f"{s.id.replace(':', '_')}_{j}.png"
+                    path = Path(image_dir) / f"{safe_name(s.id)}_{j}.png"       # ids come from the data
                     img.save(path)
                     rec["prediction_images"].append(str(path))
             records.append(rec)

@@ -485,8 +485,31 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(p, TrainConfig)
     p.add_argument("--overwrite", action="store_true",
-                   help="start afresh even if output_dir already holds checkpoints or logs (they are deleted)")
+                   help="start afresh even if output_dir already holds a run: deletes the run's own files (checkpoints, "
+                        "final/, best/, logs, config.json, trainer_state.json) and refuses if anything else is there")
     p.set_defaults(func=_cli)
+
+
+RUN_FILES = ("config.json", "losses.jsonl", "trainer_state.json", "final", "best", "checkpoint-*", ".tmp-*",
+             "batches.rank*.jsonl", "weights.rank*.sha256")   # everything a training run writes in output_dir
+
+
+def clear_run(out: Path) -> list[str]:
+    """Delete what an earlier run wrote in `out` (``--overwrite``) and return the names deleted.
+
+    Refuses — a ValueError naming them, nothing deleted — when `out` holds anything a run does not write
+    (data, notes, an evaluation the user put there): ``--output_dir . --overwrite`` must never cost a file.
+    """
+    from fnmatch import fnmatch
+    entries = sorted(out.iterdir())
+    foreign = [p.name for p in entries if not any(fnmatch(p.name, pattern) for pattern in RUN_FILES)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"{out} holds files a training run does not write ({shown}); --overwrite deletes only a "
+                         f"run's own files, so move those away or choose another --output_dir")
+    for p in entries:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return [p.name for p in entries]
 
 
 def _cli(args) -> int:
@@ -497,7 +520,11 @@ def _cli(args) -> int:
         if not args.overwrite:
             print(f"[train] {out} already holds a run; use --resume_from_checkpoint latest or --overwrite")
             return 2
-        shutil.rmtree(out)
+        try:
+            clear_run(out)
+        except ValueError as e:
+            print(f"[train] refusing --overwrite: {e}")
+            return 2
     try:
         state = Trainer(cfg).train()
     except NonFiniteError as e:

@@ -86,3 +86,28 @@ def test_unclosed_captions_are_counted(toy, model, monkeypatch):
                         [G.parse_reply(next(replies)) for _ in contexts])
     m = evaluate_model(model, toy, "test", max_samples=3)["metrics"]
     assert m["unclosed"] == pytest.approx(50.0)
+
+
+def test_image_names_from_hostile_dialogue_ids_stay_inside_out(tmp_path):
+    """A dialogue id is data: '../../x', '/abs/x' or 'a/b' once wrote outside --out or crashed after all the
+    generation work. Every generated photo now lands in out/images under a plain name."""
+    from pathlib import Path
+
+    from photochat_lib.atomic import safe_name
+    from photochat_lib.data.toy_world import write_toy_dataset
+    from photochat_lib.presets import load_toy_model
+    assert [safe_name(x) for x in ("../../x", "/abs/x", "a/b", "test-00019:3", "..")] == \
+        ["_.._x", "_abs_x", "a_b", "test-00019_3", "_"]
+    data = write_toy_dataset(tmp_path / "toy", seed=0, n_train=4, n_dev=2, n_test=3)
+    split = tmp_path / "toy" / "test" / "test_00.json"
+    dialogues = json.loads(split.read_text())
+    for d, bad in zip(dialogues, ("../../x", "/abs/x", "a/b")):
+        d["dialogue_id"] = bad
+    split.write_text(json.dumps(dialogues))
+    out = tmp_path / "run" / "eval"
+    result = evaluate_model(load_toy_model(which="end2end"), data, "test", preset="toy", max_samples=30, seed=0,
+                            out_dir=out, num_inference_steps=2)
+    drawn = [p for r in result["records"] for p in r["prediction_images"]]
+    assert drawn and all(Path(p).parent == out / "images" and Path(p).exists() for p in drawn)
+    assert (out / "predictions.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy"]       # nothing written beside them

@@ -105,3 +105,19 @@ def test_photochat_chat_shares_what_the_bot_talked_about(tmp_path):
         assert len(photos) == 1 and "[shares a photo: Objects in the photo: " in said, said
         right.append(bool(judge([Image.open(photos[0]).convert("RGB")], [objects])["exact"][0]))
     assert sum(right) >= 2, right
+
+
+def test_a_second_chat_session_does_not_overwrite_the_first_ones_photos(tmp_path):
+    import argparse
+
+    from photochat_lib.chat import register
+    (tmp_path / "photo_001.png").write_bytes(b"first session")
+    (tmp_path / "photo_007.png").write_bytes(b"first session")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["chat", "--out", str(tmp_path)])
+    stdout = io.StringIO()
+    script = CHAT_SESSIONS[3][0] + "/quit\n"
+    assert args.func(args, stdin=io.StringIO(script), stdout=stdout) == 0
+    assert (tmp_path / "photo_001.png").read_bytes() == (tmp_path / "photo_007.png").read_bytes() == b"first session"
+    assert (tmp_path / "photo_008.png").exists(), stdout.getvalue()

@@ -351,3 +351,32 @@ def test_chunked_training_follows_one_runs_cosine_schedule(toy_data, tmp_path):
     naive = Trainer(TrainConfig(output_dir=str(tmp_path / "naive"), max_steps=2, **common))
     naive.train()
     assert log(tmp_path / "naive")[1]["lr"] < one[1]["lr"]         # a 2-step horizon ends its cosine early
+
+
+def test_overwrite_deletes_only_a_runs_own_files(tmp_path):
+    """`--overwrite` once ran shutil.rmtree(output_dir): with --output_dir . it deleted the user's data."""
+    from photochat_lib.train import clear_run
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "final").mkdir()
+    for name in ("losses.jsonl", "config.json", "trainer_state.json", "batches.rank0.jsonl"):
+        (run / name).write_text("{}")
+    (run / "eval").mkdir()                       # `photochat evaluate --out run/eval`, as the README shows
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"eval, notes.txt.*move those away"):
+        clear_run(run)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoint-2").is_dir()   # nothing deleted
+    (run / "notes.txt").unlink()
+    (run / "eval").rmdir()
+    assert set(clear_run(run)) == {"checkpoint-2", "final", "losses.jsonl", "config.json", "trainer_state.json",
+                                   "batches.rank0.jsonl"}
+    assert not any(run.iterdir())
+
+
+def test_cli_overwrite_refuses_a_folder_with_user_files(tmp_path, toy_data):
+    (tmp_path / "losses.jsonl").write_text("")   # an earlier run was here ...
+    (tmp_path / "data.csv").write_text("keep")   # ... and so is the user's file
+    p = photochat("train", "--data", toy_data, "--output_dir", tmp_path, "--overwrite", *COMMON)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2 and "refusing --overwrite" in out and "data.csv" in out, out
+    assert (tmp_path / "data.csv").read_text() == "keep" and (tmp_path / "losses.jsonl").exists()
