@@ -4,6 +4,7 @@ import random
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import argparse
@@ -110,3 +111,26 @@ def test_cli_toy_and_stats(tmp_path, capsys):
     assert cli_main(["data", "stats", str(out / "train"), str(out / "dev")]) == 0
     table = capsys.readouterr().out
     assert re.search(r"total\s+7\s", table), table
+
+
+def test_data_toy_refuses_a_folder_that_is_not_a_toy_dataset(tmp_path):
+    """`photochat data toy --out data` once replaced data/ whole, downloaded PhotoChat included."""
+    import subprocess
+    import sys
+    data = tmp_path / "data"
+    (data / "photochat" / "train").mkdir(parents=True)
+    (data / "photochat" / "manifest.json").write_text("{}")
+    res = subprocess.run([sys.executable, "-m", "photochat_lib.cli", "data", "toy", "--out", str(data), "--n-train", "2",
+                          "--n-dev", "1", "--n-test", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "not a toy dataset" in res.stderr and "photochat" in res.stderr, res.stderr
+    assert (data / "photochat" / "manifest.json").exists()
+    with pytest.raises(ValueError, match="manifest.json"):
+        write_toy_dataset(data / "photochat", n_train=2, n_dev=1, n_test=1)
+    toy = write_toy_dataset(data / "toy", n_train=2, n_dev=1, n_test=1)     # a fresh folder: written, stamped
+    assert json.loads((toy / "toy_dataset.json").read_text())["n_train"] == 2
+    write_toy_dataset(toy, seed=1, n_train=3, n_dev=1, n_test=1)           # a toy dataset: replaced
+    assert json.loads((toy / "toy_dataset.json").read_text())["seed"] == 1
+    (toy / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        write_toy_dataset(toy, n_train=2, n_dev=1, n_test=1)
+    assert (toy / "notes.txt").read_text() == "mine"

@@ -19,8 +19,8 @@ def register(subparsers) -> None:
     sub.required = True
 
     toy = sub.add_parser("toy", help="Write the toy photo-sharing dataset (PhotoChat format, PNG images).")
-    toy.add_argument("--out", default="data/toy", help="Output folder; replaced atomically if it exists "
-                     "(default: data/toy).")
+    toy.add_argument("--out", default="data/toy", help="Output folder; replaced atomically if it is empty or "
+                     "a toy dataset, refused otherwise (default: data/toy).")
     toy.add_argument("--seed", type=int, default=0, help="Random seed; the same seed gives byte-identical "
                      "files (default: 0).")
     toy.add_argument("--n-train", type=int, default=600, help="Number of training dialogues (default: 600).")
@@ -56,8 +56,12 @@ def _toy(args: argparse.Namespace) -> int:
     if args.image_size < 8:
         print("error: --image-size must be at least 8", file=sys.stderr)
         return 2
-    out = write_toy_dataset(args.out, seed=args.seed, n_train=args.n_train, n_dev=args.n_dev,
-                            n_test=args.n_test, image_size=args.image_size)
+    try:
+        out = write_toy_dataset(args.out, seed=args.seed, n_train=args.n_train, n_dev=args.n_dev,
+                                n_test=args.n_test, image_size=args.image_size)
+    except ValueError as e:                      # a folder that is not a toy dataset: nothing was touched
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.n_train}/{args.n_dev}/{args.n_test} train/dev/test dialogues to {out}")
     return 0
 

@@ -199,9 +199,32 @@ def toy_texts(n: int = 400, seed: int = 0) -> list[str]:
     return texts
 
 
+STAMP = "toy_dataset.json"                               # marks a folder write_toy_dataset wrote
+TOY_ENTRIES = {"train", "dev", "test", "labels.json", STAMP}
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise ValueError unless `out` is absent, empty, or a toy dataset this module wrote (only then may it be
+    replaced: ``photochat data toy --out data`` must not swallow a downloaded ``data/photochat``)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder: choose another --out")
+    entries = {p.name for p in out.iterdir()}
+    if entries and not (entries <= TOY_ENTRIES and entries & {STAMP, "labels.json"}):
+        other = sorted(entries - TOY_ENTRIES) or sorted(entries)
+        raise ValueError(f"{out} is not empty and is not a toy dataset (it holds {', '.join(other[:5])}); refusing to "
+                         f"replace it: choose another --out")
+
+
 def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev: int = 100,
                       n_test: int = 100, image_size: int = 32) -> Path:
-    """Write the toy dataset under out (atomically: built in a temp dir, then swapped in); returns out."""
+    """Write the toy dataset under out (atomically: built in a temp dir, then swapped in); returns out.
+
+    An existing `out` is replaced only if it is empty or a toy dataset (`check_replaceable`); the new one
+    carries a `toy_dataset.json` stamp with its settings.
+    """
+    check_replaceable(Path(out))
 
     def write(tmp: Path) -> None:
         labels = {}
@@ -217,6 +240,8 @@ def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev:
                 dialogues.append(d)
             _write_json(tmp / split / f"{split}_00.json", dialogues)
         _write_json(tmp / "labels.json", labels)
+        _write_json(tmp / STAMP, {"written_by": "photochat_lib.data.toy_world.write_toy_dataset", "seed": seed,
+                                  "n_train": n_train, "n_dev": n_dev, "n_test": n_test, "image_size": image_size})
 
     return replace_dir(out, write)
 
