@@ -81,6 +81,30 @@ class TrainConfig:
     log_ranks: bool = False                  # each process logs its batch ids and final weight hash (scale-out checks)
     extra: dict = field(default_factory=dict)  # free-form notes written to config.json
 
+    def __post_init__(self):
+        """Refuse a setting that would give a wrong run silently (ValueError naming the flag)."""
+        at_least = {"max_steps": 1, "max_epochs": 1, "micro_batch_size": 1, "grad_accum_steps": 1, "warmup_steps": 0,
+                    "lr_schedule_steps": 1, "photo_repeats": 1, "max_train_samples": 1, "checkpointing_steps": 1,
+                    "checkpoints_total_limit": 1, "eval_every_epochs": 0, "eval_samples": 1,
+                    "early_stopping_patience": 1, "weight_decay": 0, "alpha": 0, "tau_anneal_epochs": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"--{name} must be >= {low}, got {value}")
+        for name in ("lr", "sd_lr", "tau_start", "tau_end", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name} must be > 0, got {value}")
+        if not 0 <= self.caption_supervision <= 1:
+            raise ValueError(f"--caption_supervision must be in [0, 1], got {self.caption_supervision}")
+        choices = {"mode": ("end2end", "pipeline"), "sd_caption_source": ("gold", "sampled"),
+                   "pipeline_context": ("caption", "perceptron"), "dvtm_impl": ("dense", "sparse", "batched"),
+                   "lr_decay": ("constant", "cosine", None)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                shown = ", ".join(a for a in allowed if a)
+                raise ValueError(f"--{name} must be one of {shown}, got {getattr(self, name)!r}")
+
 
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN/inf; the message names the step and the batch ids."""
@@ -514,7 +538,11 @@ def clear_run(out: Path) -> list[str]:
 
 def _cli(args) -> int:
     from .cliutil import dataclass_from_args
-    cfg = dataclass_from_args(TrainConfig, args)
+    try:
+        cfg = dataclass_from_args(TrainConfig, args)
+    except ValueError as e:                      # a nonsense flag: one line, before any work
+        print(f"[train] error: {e}")
+        return 2
     out = Path(cfg.output_dir)
     if not cfg.resume_from_checkpoint and (latest_checkpoint(out) or (out / "losses.jsonl").exists()):
         if not args.overwrite:

@@ -380,3 +380,28 @@ def test_cli_overwrite_refuses_a_folder_with_user_files(tmp_path, toy_data):
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2 and "refusing --overwrite" in out and "data.csv" in out, out
     assert (tmp_path / "data.csv").read_text() == "keep" and (tmp_path / "losses.jsonl").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max_steps", "0"], "--max_steps must be >= 1, got 0"),
+    (["--max_steps", "-1"], "--max_steps must be >= 1, got -1"),
+    (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be >= 1"),
+    (["--checkpointing_steps", "0"], "--checkpointing_steps must be >= 1"),
+    (["--alpha", "-1"], "--alpha must be >= 0"),
+    (["--weight_decay", "-1"], "--weight_decay must be >= 0"),
+    (["--max_train_samples", "0"], "--max_train_samples must be >= 1"),
+    (["--dvtm_impl", "foo"], "--dvtm_impl must be one of dense, sparse, batched, got 'foo'"),
+    (["--lr", "0"], "--lr must be > 0"),
+])
+def test_nonsense_flags_stop_before_any_work_with_one_line(tmp_path, flags, message):
+    """These were accepted (a run that trained nothing and exited 0, every checkpoint deleted, a crash at the
+    first photo batch or after step 1); now each is one line and exit status 2, and nothing is written."""
+    import contextlib
+    import io
+
+    from photochat_lib.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["train", "--data", str(tmp_path / "none"), "--output_dir", str(tmp_path / "run"), *flags])
+    assert rc == 2 and message in out.getvalue(), out.getvalue()
+    assert not (tmp_path / "run").exists()
