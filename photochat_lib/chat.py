@@ -43,7 +43,11 @@ def run(args, stdin=None, stdout=None) -> int:
     from .presets import load_toy_model
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     say = lambda s: (stdout.write(s + "\n"), stdout.flush())
-    model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
+    try:
+        model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
+    except (FileNotFoundError, ValueError) as e:     # a wrong --model: one line, no traceback
+        say(f"error: {e}")
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     history = []

@@ -206,7 +206,11 @@ def _cli(args) -> int:
     out = Path(args.out)
     runs = []
     for k, path in enumerate(args.model):
-        model = PhotoChatModel.from_pretrained(path)
+        try:
+            model = PhotoChatModel.from_pretrained(path)
+        except (FileNotFoundError, ValueError) as e:   # a wrong --model: one line, no traceback
+            print(f"[evaluate] error: {e}")
+            return 2
         sub = out / f"model{k}" if len(args.model) > 1 else out
         res = evaluate_model(model, args.data, args.split, preset=args.preset, max_samples=args.max_samples,
                              seed=args.seed, out_dir=sub, progress=True, num_inference_steps=args.steps,

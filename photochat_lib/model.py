@@ -202,8 +202,16 @@ class PhotoChatModel(nn.Module):
         model is stored in float16 to halve its size), else as stored.
         """
         from .presets import load_components
-        with open(os.path.join(path, "photochat.json")) as f:
-            config = PhotoChatConfig(**{**json.load(f), **overrides})
+        config_file = os.path.join(path, "photochat.json")
+        if not os.path.isfile(config_file):
+            hint = (f"; a training run keeps its model in {os.path.join(path, 'final')}"
+                    if os.path.isfile(os.path.join(path, "final", "photochat.json")) else "")
+            raise FileNotFoundError(f"{path} is not a PhotoChatModel folder: it has no photochat.json{hint}")
+        try:
+            with open(config_file) as f:
+                config = PhotoChatConfig(**{**json.load(f), **overrides})
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{config_file} is broken: {e}") from None
         if dtype is None and config.preset == "toy":
             dtype = torch.float32
         llm, tok, perceptron, gen = load_components(

@@ -111,3 +111,31 @@ def test_image_names_from_hostile_dialogue_ids_stay_inside_out(tmp_path):
     assert drawn and all(Path(p).parent == out / "images" and Path(p).exists() for p in drawn)
     assert (out / "predictions.jsonl").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy"]       # nothing written beside them
+
+
+def test_a_wrong_model_folder_is_one_line_with_the_final_hint(tmp_path, capsys):
+    """`evaluate --model runs/x` (the run, not its final/) once raised a bare FileNotFoundError traceback."""
+    from photochat_lib.cli import main
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "photochat.json").write_text("{}")
+    rc = main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "e")])
+    said = capsys.readouterr().out
+    assert rc == 2 and "has no photochat.json" in said and str(tmp_path / "run" / "final") in said, said
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "photochat.json").write_text("{not json")
+    rc = main(["evaluate", "--model", str(tmp_path / "broken"), "--data", str(tmp_path), "--out", str(tmp_path / "e")])
+    said = capsys.readouterr().out
+    assert rc == 2 and "photochat.json is broken" in said, said
+
+
+def test_chat_with_a_wrong_model_folder_says_so_in_one_line(tmp_path):
+    import argparse
+    import io
+
+    from photochat_lib.chat import register
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["chat", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "photos")])
+    stdout = io.StringIO()
+    assert args.func(args, stdin=io.StringIO("hi\n"), stdout=stdout) == 2
+    assert stdout.getvalue().strip() == f"error: {tmp_path / 'nowhere'} is not a PhotoChatModel folder: it has no photochat.json"
