@@ -80,6 +80,7 @@ class TrainConfig:
     progress: bool = True                    # tqdm progress bar on the main process
     log_ranks: bool = False                  # each process logs its batch ids and final weight hash (scale-out checks)
     extra: dict = field(default_factory=dict)  # free-form notes written to config.json
+    allow_changed_config: bool = False       # resume even if settings that define the run differ from config.json
 
     def __post_init__(self):
         """Refuse a setting that would give a wrong run silently (ValueError naming the flag)."""
@@ -184,6 +185,27 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
+# what defines a run: resuming with any of these changed is refused (allow_changed_config overrides); the
+# rest (max_steps, checkpointing, evaluation, logging) may change between a run's sessions
+RUN_DEFINING = ("data", "preset", "mode", "init", "random_init", "smoke", "seed", "micro_batch_size",
+                "grad_accum_steps", "lr", "sd_lr", "weight_decay", "warmup_steps", "alpha", "tau_start", "tau_end",
+                "tau_anneal_epochs", "sd_caption_source", "pipeline_context", "dvtm_impl", "photo_only", "lr_decay",
+                "lr_schedule_steps", "photo_repeats", "caption_supervision", "max_train_samples", "max_grad_norm")
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Raise ValueError, naming every changed setting, if cfg resumes a run whose config.json says otherwise."""
+    saved = Path(cfg.output_dir) / "config.json"
+    if not cfg.resume_from_checkpoint or cfg.allow_changed_config or not saved.exists():
+        return
+    before = json.loads(saved.read_text()).get("train", {})
+    now = asdict(cfg)
+    changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RUN_DEFINING if k in before and before[k] != now[k]]
+    if changed:
+        raise ValueError(f"resuming {cfg.output_dir} with settings that change the run ({'; '.join(changed)}): "
+                         f"pass --allow_changed_config to resume anyway")
+
+
 class Trainer:
     """One training run: `Trainer(cfg).train()` returns the final trainer state."""
 
@@ -192,6 +214,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         from .finetune import apply_recipe, param_groups
+        check_resume(cfg)                        # before any work: a changed run is refused, not silently mixed
         self.cfg, self.recipe = cfg, resolve(cfg)
         precision = self.recipe.mixed_precision if torch.cuda.is_available() else "no"
         # cpu=True on a GPU-less machine: under `accelerate launch --multi_gpu --num_processes N` this
@@ -553,6 +576,11 @@ def _cli(args) -> int:
         except ValueError as e:
             print(f"[train] refusing --overwrite: {e}")
             return 2
+    try:
+        check_resume(cfg)
+    except ValueError as e:
+        print(f"[train] error: {e}")
+        return 2
     try:
         state = Trainer(cfg).train()
     except NonFiniteError as e:

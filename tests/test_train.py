@@ -405,3 +405,22 @@ def test_nonsense_flags_stop_before_any_work_with_one_line(tmp_path, flags, mess
         rc = main(["train", "--data", str(tmp_path / "none"), "--output_dir", str(tmp_path / "run"), *flags])
     assert rc == 2 and message in out.getvalue(), out.getvalue()
     assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_a_changed_run_is_refused_and_names_the_changes(toy_data, tmp_path):
+    """Resuming with another --mode or --lr went on silently and rewrote config.json."""
+    from photochat_lib.train import TrainConfig, Trainer, check_resume
+    common = dict(data=str(toy_data), output_dir=str(tmp_path), seed=0, eval_every_epochs=0, max_train_samples=8,
+                  micro_batch_size=4, max_steps=1, checkpointing_steps=1, progress=False)
+    Trainer(TrainConfig(**common)).train()
+    saved = (tmp_path / "config.json").read_text()
+    check_resume(TrainConfig(**{**common, "max_steps": 2}, resume_from_checkpoint="latest"))   # more steps: fine
+    with pytest.raises(ValueError, match=r"mode 'end2end' -> 'pipeline'; lr None -> 0.001\): pass --allow_changed"):
+        Trainer(TrainConfig(**{**common, "max_steps": 2}, mode="pipeline", lr=1e-3, resume_from_checkpoint="latest"))
+    assert (tmp_path / "config.json").read_text() == saved                 # nothing rewritten
+    check_resume(TrainConfig(**common, mode="pipeline", resume_from_checkpoint="latest", allow_changed_config=True))
+    p = photochat("train", "--data", toy_data, "--output_dir", tmp_path, "--max_steps", "2", "--max_train_samples", "8",
+                  "--micro_batch_size", "4", "--eval_every_epochs", "0", "--no-progress", "--mode", "pipeline",
+                  "--resume_from_checkpoint", "latest")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2 and "mode 'end2end' -> 'pipeline'" in out, out
