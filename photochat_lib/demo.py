@@ -132,7 +132,7 @@ def _train_and_evaluate(args, mode: str, seed: int) -> dict:
 
 
 def _cell(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value + 0.0:.{digits}f}".replace("-0.00", "0.00")   # FID of a set with itself
+    return "—" if value is None else f"{round(value, digits) + 0.0:.{digits}f}"   # + 0.0: no "-0.00" (FID of a set with itself)
 
 
 def comparison(results: dict) -> dict:

@@ -253,16 +253,16 @@ class Trainer:
                                 tau_end=self.recipe.tau_end, anneal_epochs=self.recipe.tau_anneal_epochs)
         self.out = Path(cfg.output_dir)
         self._interrupted = False
+        self.total_steps = None                  # where a decaying lr ends: set by train() (lr_schedule_steps)
 
     def _lr_factor(self, step: int, warm: int) -> float:
         """Return the lr multiplier at an optimizer step: linear warm-up, then constant (the paper names no
         decay) or, with recipe.lr_decay == "cosine", a cosine down to 10 % at the run's last step."""
         if step < warm:
             return (step + 1) / warm
-        total = getattr(self, "total_steps", None)
-        if self.recipe.lr_decay == "constant" or not total:
+        if self.recipe.lr_decay == "constant" or not self.total_steps:
             return 1.0
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, self.total_steps - warm))))
 
     @property
     def unwrapped(self):
