@@ -82,8 +82,8 @@ def run_mode(mode: str, args, data: Path, out: Path) -> dict:
     preset = get_preset(args.preset)
     real_make_loader = T.make_loader
 
-    def make_loader(cfg, recipe, model, split):
-        ds, loader = real_make_loader(cfg, recipe, model, split)
+    def make_loader(cfg, recipe, model, split, dialogues=None):
+        ds, loader = real_make_loader(cfg, recipe, model, split, dialogues)
         loader.collate_fn = WorstCaseBatches(loader.collate_fn, recipe.max_text_length, recipe.max_context_images,
                                              preset.image_size, placeholder_id(model.tokenizer),
                                              model.tokenizer.pad_token_id)

@@ -36,8 +36,7 @@ def register(subparsers) -> None:
 
 def run(args, stdin=None, stdout=None) -> int:
     """Run the chat loop on stdin/stdout; returns 0."""
-    from PIL import Image
-
+    from .data.images import load_image
     from .generation import generate
     from .model import PhotoChatModel
     from .presets import load_toy_model
@@ -45,7 +44,9 @@ def run(args, stdin=None, stdout=None) -> int:
     say = lambda s: (stdout.write(s + "\n"), stdout.flush())
     try:
         model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
-    except (FileNotFoundError, ValueError) as e:     # a wrong --model: one line, no traceback
+    except (OSError, ValueError) as e:     # a wrong --model, a broken one, no Hub: one line, no traceback
+        if getattr(args, "debug", False):
+            raise
         say(f"error: {e}")
         return 2
     out = Path(args.out)
@@ -73,10 +74,9 @@ def run(args, stdin=None, stdout=None) -> int:
         if line.startswith("/image"):
             path = line[len("/image"):].strip()
             try:
-                img = Image.open(path)
-                img.load()
-            except (OSError, ValueError) as e:
-                say(f"(cannot open image {path!r}: {e})")
+                img = load_image(path)         # decoded and size-checked as in training; huge photos downscaled
+            except (OSError, ValueError) as e:     # missing, truncated, not an image, over the pixel limit
+                say(f"(cannot use image {path!r}: {e}; the conversation goes on)")
                 continue
             history.append(("A", img))
             say(f"(photo {path} attached)")

@@ -27,18 +27,48 @@ def build_parser() -> argparse.ArgumentParser:
         prog="photochat",
         description="End-to-end photo-sharing multimodal dialogue (LLM + Q-Former + Stable Diffusion).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMANDS:
         importlib.import_module(name).register(sub)
+    _add_debug_everywhere(sub)
     return parser
 
 
+def _add_debug_everywhere(subparsers) -> None:
+    """Let --debug follow any sub-command too (``photochat train ... --debug``)."""
+    for p in subparsers.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug_everywhere(action)
+
+
+# What a user can fix: bad data (DataError is a ValueError), a bad flag or file, a missing or corrupt model
+# folder, an unreachable Hub, a full disk. These end in one line; anything else is a bug and shows its traceback.
+USER_ERRORS = (ValueError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
+    """Run the command line; returns the process exit status (2 for an error the user can fix)."""
+    from .cliutil import quiet_libraries
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"photochat {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"photochat {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

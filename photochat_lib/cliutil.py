@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
+import sys
 import typing
 
 
@@ -23,7 +25,12 @@ def field_comments(cls) -> dict[str, str]:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """Add --field options for every field of `cls` (bools become --flag / --no-flag)."""
+    """Add --field-name options for every field of `cls` (bools become --flag / --no-flag).
+
+    Options are kebab-case like every other command's (``--output-dir``); the snake_case spelling of
+    earlier releases and of diffusers' scripts (``--output_dir``) still works, hidden from the help.
+    The help says the default unless the field's comment already does (``default: the recipe's``).
+    """
     helps = field_comments(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -32,14 +39,45 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = hints[f.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        help_text = f"{helps.get(f.name, f.name)} (default: {default})"
-        if base is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(f"--{f.name}", type=base, default=default, help=help_text)
+        comment = helps.get(f.name, f.name)
+        help_text = comment if "default" in comment or default is None else f"{comment} (default: {default})"
+        flag, alias = "--" + f.name.replace("_", "-"), "--" + f.name
+        action = dict(action=argparse.BooleanOptionalAction) if base is bool else dict(type=base)
+        parser.add_argument(flag, dest=f.name, default=default, help=help_text, **action)
+        if alias != flag:
+            parser.add_argument(alias, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **action)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
     """Return `cls(**{field: args.field})` for the fields present in args."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def progress_bar(iterable=None, *, disable: bool = False, **kwargs):
+    """Return a tqdm bar: live on a terminal; in a log file or pipe (CI, ``make demo > log``) it refreshes
+    at most every 30 s instead of several times a second, so a long run writes a few lines a minute."""
+    import functools
+
+    from tqdm.auto import tqdm
+    if sys.stderr.isatty():
+        return tqdm(iterable, disable=disable, **kwargs)
+    kwargs.setdefault("mininterval", 30.0)
+    kwargs.setdefault("maxinterval", 60.0)
+    bar = tqdm(iterable, disable=disable, **kwargs)
+    bar.set_postfix = functools.partial(bar.set_postfix, refresh=False)   # a postfix would redraw every step
+    return bar
+
+
+def quiet_libraries() -> None:
+    """Turn off the Hub's, transformers' and diffusers' own progress bars ("Loading weights", "Writing model
+    shards", "Fetching files") for a CLI run, as the notebooks do; their warnings still show."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # read by huggingface_hub and transformers
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    if "diffusers" in sys.modules:
+        from diffusers.utils import logging as df_logging
+        df_logging.disable_progress_bar()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .atomic import safe_name, write_json, write_jsonl
+from .cliutil import progress_bar
 from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
 
@@ -54,11 +55,9 @@ def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_
     """
     if decoding not in DECODING:
         raise ValueError(f"decoding must be one of {DECODING}, got {decoding!r}")
-    from tqdm.auto import tqdm
-
     from .generation import generate_batch
     records, images = [], {}
-    for k in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="generate"):
+    for k in progress_bar(range(0, len(samples), batch_size), disable=not progress, desc="generate"):
         chunk = samples[k:k + batch_size]
         replies = generate_batch(model, [s.context for s in chunk], [s.speaker for s in chunk],
                                  max_new_tokens=max_new_tokens, seed=seed + k, do_sample=decoding == "sample",
@@ -151,11 +150,16 @@ def oracle_metrics(generator, data: str | Path, split: str = "test", max_samples
 
 def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "toy", max_samples: int | None = None,
                    seed: int = 0, out_dir: str | Path | None = None, accelerator=None, progress: bool = False,
-                   **gen_kwargs) -> dict:
-    """Return {"metrics", "records"} for a model on a data split; write files when out_dir is given."""
+                   lenient: bool = False, **gen_kwargs) -> dict:
+    """Return {"metrics", "records"} for a model on a data split; write files when out_dir is given.
+
+    Every photo of the split is decoded before any generation: a bad one is a DataError naming the
+    dialogue and path, or (``lenient``) its dialogue is skipped with a warning that counts them.
+    """
     from .data.photochat import read_photochat
     from .data.samples import make_samples
-    samples = select_samples(make_samples(read_photochat(Path(data) / split)), max_samples, seed)
+    dialogues = read_photochat(Path(data) / split, check_images=True, lenient=lenient)
+    samples = select_samples(make_samples(dialogues), max_samples, seed)
     if accelerator is not None and not accelerator.is_main_process:
         return {"metrics": {}, "records": []}
     image_dir = None
@@ -196,6 +200,8 @@ def register(subparsers) -> None:
     p.add_argument("--decoding", choices=DECODING, default="greedy",
                    help="greedy: the argmax token at every step (the default: deterministic, so seeds differ "
                         "only by training); sample: draw each token from p, as the paper's §2.2 describes")
+    p.add_argument("--lenient", action="store_true",
+                   help="skip dialogues whose photos are missing or unreadable (counted) instead of stopping")
     p.add_argument("--inception-weights", default=None,
                    help="local InceptionV3 weights file for IS/FID (real presets; else torch-fidelity downloads)")
     p.set_defaults(func=_cli)
@@ -206,15 +212,11 @@ def _cli(args) -> int:
     out = Path(args.out)
     runs = []
     for k, path in enumerate(args.model):
-        try:
-            model = PhotoChatModel.from_pretrained(path)
-        except (FileNotFoundError, ValueError) as e:   # a wrong --model: one line, no traceback
-            print(f"[evaluate] error: {e}")
-            return 2
+        model = PhotoChatModel.from_pretrained(path)   # a wrong --model: one line from cli.main (exit 2)
         sub = out / f"model{k}" if len(args.model) > 1 else out
         res = evaluate_model(model, args.data, args.split, preset=args.preset, max_samples=args.max_samples,
                              seed=args.seed, out_dir=sub, progress=True, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, decoding=args.decoding)
+                             guidance_scale=args.guidance, decoding=args.decoding, lenient=args.lenient)
         runs.append(res["metrics"])
         print(f"[evaluate] {path}: " + ", ".join(f"{k} {v:.2f}" for k, v in res["metrics"].items()))
     if len(runs) > 1:

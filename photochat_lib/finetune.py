@@ -40,23 +40,27 @@ def apply_recipe(model, recipe: TrainingRecipe, weight_dtype: torch.dtype = torc
             # trained: fp32 master weights, whatever dtype they were loaded in (the presets load fp16;
             # GradScaler refuses fp16 gradients). Frozen / LoRA base: the mixed-precision dtype.
             dtype = torch.float32 if mode == "train" else weight_dtype
-            if isinstance(part, nn.Parameter):
-                part.data = part.data.to(dtype)
-            elif any(p.dtype != dtype for p in part.parameters()):   # (diffusers warns on every .to(dtype))
-                part.to(dtype)
+            for x in _params(part):              # tensor by tensor: diffusers' ModelMixin.to(dtype) warns about
+                if x.dtype != dtype:             # "modules that should be kept in float32" even when there are none
+                    x.data = x.data.to(dtype)
             if mode == "lora":
                 _inject_lora(part, recipe.lora_spec(name))      # adapters stay fp32 and trainable
     if recipe.llm != "train" and recipe.train_new_token_rows:
         _train_new_token_rows(model)
     if recipe.llm_gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable()
+        _checkpoint_activations(model.llm)
         model.llm.config.use_cache = False
     if recipe.unet_gradient_checkpointing:
         model.image_generator.unet.enable_gradient_checkpointing()
     if recipe.text_encoder_gradient_checkpointing:
-        model.image_generator.text_encoder.gradient_checkpointing_enable()
+        _checkpoint_activations(model.image_generator.text_encoder)
     return {name: sum(x.numel() for part in parts[name] for x in _params(part) if x.requires_grad)
             for name in COMPONENTS}
+
+
+def _checkpoint_activations(model) -> None:
+    """Turn on activation (gradient) checkpointing: transformers 5's name, else 4.x's (5 warns on the old one)."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
 
 
 def _params(part):

@@ -194,30 +194,51 @@ class PhotoChatModel(nn.Module):
         write_json(os.path.join(path, "photochat.json"), asdict(self.config))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        **overrides) -> "PhotoChatModel":
-        """Load a folder written by `save_pretrained` (through the same loaders as the hub presets).
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
+                        device_map: str | torch.device | None = None, revision: str | None = None,
+                        token: str | None = None, **overrides) -> "PhotoChatModel":
+        """Load a folder written by `save_pretrained`, or a Hub repo holding one (`hub.resolve_model_path`),
+        through the same loaders as the hub presets.
 
-        dtype: of the weights once loaded; default float32 for the toy preset (whose shipped end-to-end
-        model is stored in float16 to halve its size), else as stored.
+        dtype: of the weights once loaded (a torch dtype or its name; ``torch_dtype=`` is accepted too);
+        default float32 for the toy preset (whose shipped end-to-end model is stored in float16 to halve
+        its size), else as stored. device_map: a device to move the model to, or "auto" (CUDA if present).
+        A missing folder, a folder that is not a model, a broken photochat.json or a truncated weights
+        file raise FileNotFoundError / ValueError naming the folder or file.
         """
+        from .hub import find_broken_file, resolve_model_path
         from .presets import load_components
-        config_file = os.path.join(path, "photochat.json")
+        dtype = overrides.pop("torch_dtype", dtype)
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else (None if dtype == "auto" else dtype)
+        folder = resolve_model_path(path, revision=revision, token=token)
+        config_file = os.path.join(folder, "photochat.json")
         if not os.path.isfile(config_file):
             hint = (f"; a training run keeps its model in {os.path.join(path, 'final')}"
-                    if os.path.isfile(os.path.join(path, "final", "photochat.json")) else "")
+                    if os.path.isfile(os.path.join(folder, "final", "photochat.json")) else "")
             raise FileNotFoundError(f"{path} is not a PhotoChatModel folder: it has no photochat.json{hint}")
         try:
             with open(config_file) as f:
                 config = PhotoChatConfig(**{**json.load(f), **overrides})
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{config_file} is broken: {e}") from None
+        missing = [c + "/" for c in ("llm", "perceptron", "sd") if not os.path.isdir(os.path.join(folder, c))]
+        if missing:                              # never let a loader take "<folder>/llm" for a Hub id
+            raise FileNotFoundError(f"{path} is not a complete PhotoChatModel folder: it lacks {', '.join(missing)}")
         if dtype is None and config.preset == "toy":
             dtype = torch.float32
-        llm, tok, perceptron, gen = load_components(
-            llm=os.path.join(path, "llm"), perceptron=os.path.join(path, "perceptron"),
-            sd=os.path.join(path, "sd"), dtype=dtype)
-        return cls(llm, tok, perceptron, gen, config)
+        try:
+            llm, tok, perceptron, gen = load_components(
+                llm=os.path.join(folder, "llm"), perceptron=os.path.join(folder, "perceptron"),
+                sd=os.path.join(folder, "sd"), dtype=dtype, token=token)
+        except Exception as e:
+            broken = find_broken_file(folder)    # name the file (a copy cut short, a hand-edited config)
+            if broken is None:
+                raise
+            raise ValueError(f"{broken[0]}: {broken[1]}") from e
+        model = cls(llm, tok, perceptron, gen, config)
+        if device_map is not None:
+            model.to(("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map)
+        return model
 
 
 def llm_gradient_norms(model: PhotoChatModel, batch: dict, tau: float,

@@ -194,7 +194,7 @@ def build_config_components(preset: str, seed: int = 0, device: str | torch.devi
     fit the real vocabularies, which keep their full sizes: 32,000 + 3 LLM rows, 49,408 CLIP rows; SD
     captions are padded to the real 77 tokens). Every shape, FLOP and byte of a training step is the
     real recipe's; only the values of the weights are not. Used by `photochat estimate-memory`
-    (device="meta"), `photochat train --random_init` and benchmarks/paper_step_gpu.py. Modules are
+    (device="meta"), `photochat train --random-init` and benchmarks/paper_step_gpu.py. Modules are
     created on `device` directly, in `dtype` (default fp32), so no fp32 copy of a 7B model is made.
     ``smoke=True`` applies `SMOKE_SIZES` (tiny widths, same code paths) for CPU checks.
     """

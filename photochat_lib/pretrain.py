@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .atomic import replace_dir, write_json
+from .cliutil import progress_bar
 from .data.collate import Collator
 from .tokens import IGNORE_INDEX
 from .data.samples import Sample
@@ -146,7 +146,7 @@ def pretrain_llm(llm, tokenizer, config: LLMPretrainConfig | None = None, seed: 
     opt = adamw(llm, cfg.lr, cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup_steps, cfg.steps)
     losses, t0 = [], time.time()
-    bar = tqdm(range(cfg.steps), desc="llm", disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.steps), desc="llm", disable=not progress, leave=False)
     stream = example_stream(rng, collator, cfg)
     for _ in bar:
         sequences = sorted((next(stream) for _ in range(cfg.batch_size)), key=len)

@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
+from .cliutil import progress_bar
 from .data.images import image_transform
 from .data.toy_world import BACKGROUNDS, COLOURS, NOUNS, POSITIONS, SHAPES, SIZES, ToyObject, draw_photo
 from .image_perceptron import init_from_scratch
@@ -233,7 +233,7 @@ def pretrain_representation(perceptron, cfg: "PerceptronPretrainConfig", seed: i
     opt = torch.optim.AdamW([*params, *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup_steps, cfg.representation_steps)
     losses, t0 = [], time.time()
-    bar = tqdm(range(cfg.representation_steps), desc="perceptron stage 1", disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.representation_steps), desc="perceptron stage 1", disable=not progress, leave=False)
     for _ in bar:
         pixels, _, scenes = scene_batch(rng, cfg.batch_size, cfg.image_size)
         features, _ = perceptron.query_features(pixels)                            # eq. (3): (B, 32, Dq)
@@ -276,7 +276,7 @@ def pretrain_perceptron(llm, tokenizer, perceptron, config: PerceptronPretrainCo
         opt.add_param_group({"params": [p for p in llm.parameters()], "lr": cfg.llm_lr, "weight_decay": 0.0})
     sched = warmup_cosine(opt, cfg.warmup_steps, cfg.steps)
     losses, t0 = [], time.time()
-    bar = tqdm(range(cfg.steps), desc="perceptron", disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.steps), desc="perceptron", disable=not progress, leave=False)
     for _ in bar:
         pixels, texts, _ = scene_batch(rng, cfg.batch_size, cfg.image_size)
         visual = perceptron(pixels)                                                # eq. (3): (B, 32, D)

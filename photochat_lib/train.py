@@ -3,7 +3,7 @@
 Shaped after diffusers' ``train_text_to_image.py``: `parse_args()`-style options (`TrainConfig`),
 one `Accelerator` (gradient accumulation, fp16 autocast + gradient scaling on CUDA, fp32 on CPU),
 bookkeeping only when ``accelerator.sync_gradients``, ``save_state`` into ``checkpoint-{step}``,
-``--resume_from_checkpoint latest``, the last N checkpoints kept, a progress bar on the main
+``--resume-from-checkpoint latest``, the last N checkpoints kept, a progress bar on the main
 process. What the paper fixes: AdamW (lr 5e-5, weight decay 0.01), batch 32, linear warm-up
 (1,000 steps; then constant — the paper names no decay), τ annealed 1 → 0.01 over three epochs
 (`TauScheduler`), α = 1, early stopping when dev BLEU-2 and FID have not improved for 4 epochs.
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .atomic import replace_dir, write_json, write_text
+from .cliutil import progress_bar
 from .recipe import get_recipe
 from .stgs import TauScheduler
 
@@ -61,6 +62,8 @@ class TrainConfig:
     pipeline_context: str = "caption"        # pipeline: context photos reach the LLM as caption | perceptron
     dvtm_impl: str = "batched"               # dense | sparse | batched
     photo_only: bool = False                 # train only on responses that share a photo
+    lenient: bool = False                    # skip dialogues whose photos are missing or unreadable (counted and
+                                             # reported before step 1) instead of stopping with their names
     lr_decay: str | None = None              # after warm-up: constant | cosine (default: the recipe's)
     lr_schedule_steps: int | None = None     # the step where a decaying lr ends (default: max_steps); set it
                                              # when a run is trained in chunks of rising max_steps
@@ -91,20 +94,20 @@ class TrainConfig:
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and value < low:
-                raise ValueError(f"--{name} must be >= {low}, got {value}")
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
         for name in ("lr", "sd_lr", "tau_start", "tau_end", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"--{name} must be > 0, got {value}")
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if not 0 <= self.caption_supervision <= 1:
-            raise ValueError(f"--caption_supervision must be in [0, 1], got {self.caption_supervision}")
+            raise ValueError(f"--caption-supervision must be in [0, 1], got {self.caption_supervision}")
         choices = {"mode": ("end2end", "pipeline"), "sd_caption_source": ("gold", "sampled"),
                    "pipeline_context": ("caption", "perceptron"), "dvtm_impl": ("dense", "sparse", "batched"),
                    "lr_decay": ("constant", "cosine", None)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 shown = ", ".join(a for a in allowed if a)
-                raise ValueError(f"--{name} must be one of {shown}, got {getattr(self, name)!r}")
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {shown}, got {getattr(self, name)!r}")
 
 
 class NonFiniteError(RuntimeError):
@@ -149,9 +152,9 @@ def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = 
     mc = dict(mode=cfg.mode, alpha=recipe.alpha, dvtm_impl=cfg.dvtm_impl,
               sd_caption_source=cfg.sd_caption_source, pipeline_context=cfg.pipeline_context, preset=cfg.preset)
     if cfg.random_init and cfg.init:
-        raise ValueError("give either --init or --random_init, not both")
+        raise ValueError("give either --init or --random-init, not both")
     if cfg.smoke and not cfg.random_init:
-        raise ValueError("--smoke shrinks the random-weight architectures; it needs --random_init")
+        raise ValueError("--smoke shrinks the random-weight architectures; it needs --random-init")
     init = cfg.init or (shipped_toy_checkpoint() if cfg.preset == "toy" and not cfg.random_init else None)
     if init:
         return PhotoChatModel.from_pretrained(init, **mc)
@@ -159,12 +162,31 @@ def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = 
                        random_weights=cfg.random_init, device=device, smoke=cfg.smoke)
 
 
-def make_loader(cfg, recipe, model, split: str):
+def read_split(cfg, split: str):
+    """Return (dialogues, ReadReport) of a split with every photo decoded once, before any training step.
+
+    A missing, truncated, corrupt or over-large photo is a DataError naming the dialogue and the path;
+    under ``cfg.lenient`` its dialogue is counted and skipped instead, so a run can never be stuck on a
+    bad batch (nor resume into one).
+    """
+    import warnings
+
+    from .data.photochat import read_photochat
+    from .data.schema import ReadReport
+    report = ReadReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the start-up summary reports the skipped dialogues once
+        dialogues = read_photochat(Path(cfg.data) / split, check_images=True, lenient=cfg.lenient, report=report)
+    return dialogues, report
+
+
+def make_loader(cfg, recipe, model, split: str, dialogues=None):
     """Return (dataset, DataLoader) over the split's (U, R) samples with the training collate step."""
     from .data.collate import Collator, PhotoChatDataset
-    from .data.photochat import read_photochat
     from .data.samples import make_samples
-    samples = make_samples(read_photochat(Path(cfg.data) / split), photo_only=cfg.photo_only)
+    if dialogues is None:
+        dialogues, _ = read_split(cfg, split)
+    samples = make_samples(dialogues, photo_only=cfg.photo_only)
     if cfg.max_train_samples and len(samples) > cfg.max_train_samples:
         g = torch.Generator().manual_seed(cfg.seed)
         keep = sorted(torch.randperm(len(samples), generator=g)[: cfg.max_train_samples].tolist())
@@ -203,7 +225,7 @@ def check_resume(cfg: TrainConfig) -> None:
     changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RUN_DEFINING if k in before and before[k] != now[k]]
     if changed:
         raise ValueError(f"resuming {cfg.output_dir} with settings that change the run ({'; '.join(changed)}): "
-                         f"pass --allow_changed_config to resume anyway")
+                         f"pass --allow-changed-config to resume anyway")
 
 
 class Trainer:
@@ -226,7 +248,11 @@ class Trainer:
         model = build_training_model(cfg, self.recipe, self.acc.device)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self.trainable = apply_recipe(model, self.recipe, weight_dtype)
-        self.train_ds, loader = make_loader(cfg, self.recipe, model, "train")
+        dialogues, train_report = read_split(cfg, "train")       # every photo checked before step 1
+        self.reports = {"train": train_report}
+        if cfg.eval_every_epochs and (Path(cfg.data) / "dev").exists():
+            self.reports["dev"] = read_split(cfg, "dev")[1]         # dev's photos too: not a crash after epoch 1
+        self.train_ds, loader = make_loader(cfg, self.recipe, model, "train", dialogues)
         # §3.1.4: the pipeline "trains them separately": its dialogue side (LLM + perceptron) and its image
         # side (SD) each get their own gradient clipping, lr schedule and early stopping. One AdamW holds
         # both sides' groups; AdamW updates each parameter from its own gradient and moments only, so this
@@ -263,6 +289,35 @@ class Trainer:
         if self.recipe.lr_decay == "constant" or not self.total_steps:
             return 1.0
         return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, self.total_steps - warm))))
+
+    @property
+    def max_steps(self) -> int:
+        """The optimizer step training stops at: --max-steps, else the recipe's, else max_epochs' worth."""
+        return self.cfg.max_steps or self.recipe.max_steps or self.recipe.max_epochs * self.steps_per_epoch
+
+    def summary(self) -> str:
+        """Return the start-up lines the CLI prints: data (and what the image check skipped), batch, steps,
+        trainable parameters, device and where the run writes."""
+        r, ds = self.recipe, self.train_ds
+        unique = {s.id: s for s in ds.samples}.values()
+        n_photo = sum(s.shares_photo for s in unique)
+        batch = r.micro_batch_size * r.grad_accum_steps * self.acc.num_processes
+        trainable = sum(p.numel() for p in self.unwrapped.parameters() if p.requires_grad)
+        repeats = f", each repeated {r.photo_repeats}x: {len(ds)} per epoch" if r.photo_repeats > 1 else ""
+        lines = [f"[train] {self.cfg.mode} on {self.cfg.data}: {len(unique)} training samples "
+                 f"({n_photo} share a photo{repeats})"]
+        for split, report in self.reports.items():
+            checked = f"[train] {split}: {report.read} dialogues, every photo decoded"
+            lines.append(checked + (f"; skipped {report.summary().split('skipped ', 1)[1]} (--lenient)"
+                                    if report.skipped else ""))
+        lines += [f"[train] batch {batch} = {r.micro_batch_size} per step x {r.grad_accum_steps} accumulated x "
+                  f"{self.acc.num_processes} processes; {self.max_steps} optimizer steps "
+                  f"({self.steps_per_epoch} per epoch), lr {r.lr:g}",
+                  f"[train] {trainable:,} trainable parameters on {self.acc.device} "
+                  f"(mixed precision: {self.acc.mixed_precision})",
+                  f"[train] writing to {self.out}: checkpoints every {self.cfg.checkpointing_steps} steps, "
+                  f"losses.jsonl, final/"]
+        return "\n".join(lines)
 
     @property
     def unwrapped(self):
@@ -329,7 +384,6 @@ class Trainer:
 
     def train(self) -> dict:
         """Run the training loop; returns the trainer state (steps, history, why it stopped)."""
-        from tqdm.auto import tqdm
         cfg, r = self.cfg, self.recipe
         self.out.mkdir(parents=True, exist_ok=True)
         if self.acc.is_main_process:
@@ -338,10 +392,10 @@ class Trainer:
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
             self._trim_log()
-        max_steps = cfg.max_steps or r.max_steps or r.max_epochs * self.steps_per_epoch
+        max_steps = self.max_steps
         self.total_steps = cfg.lr_schedule_steps or max_steps   # where a decaying lr schedule ends
         old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
-        bar = tqdm(total=max_steps, initial=self.state["global_step"], disable=not (cfg.progress and
+        bar = progress_bar(total=max_steps, initial=self.state["global_step"], disable=not (cfg.progress and
                    self.acc.is_local_main_process), desc=f"train {cfg.mode}")
         try:
             while self.state["global_step"] < max_steps and self.state["epoch"] < r.max_epochs:
@@ -430,7 +484,7 @@ class Trainer:
         msg = (f"non-finite {what} at step {self.state['global_step'] + 1} (epoch {self.state['epoch']}), "
                f"batch ids {batch['ids']}")
         if not self.cfg.skip_nonfinite:
-            raise NonFiniteError(msg + "; rerun with --skip_nonfinite to skip such steps")
+            raise NonFiniteError(msg + "; rerun with --skip-nonfinite to skip such steps")
         self.acc.print(f"[train] {msg}: step skipped")
         self._log({"step": self.state["global_step"] + 1, "skipped": what, "ids": batch["ids"]})
 
@@ -445,7 +499,7 @@ class Trainer:
             return False
         from .evaluate import evaluate_model
         metrics = evaluate_model(self.unwrapped, cfg.data, "dev", preset=cfg.preset, max_samples=cfg.eval_samples,
-                                 seed=cfg.seed, accelerator=self.acc)["metrics"]
+                                 seed=cfg.seed, accelerator=self.acc, lenient=cfg.lenient)["metrics"]
         self.model.train()
         best = st["best"]
         improved = set()
@@ -545,7 +599,7 @@ def clear_run(out: Path) -> list[str]:
     """Delete what an earlier run wrote in `out` (``--overwrite``) and return the names deleted.
 
     Refuses — a ValueError naming them, nothing deleted — when `out` holds anything a run does not write
-    (data, notes, an evaluation the user put there): ``--output_dir . --overwrite`` must never cost a file.
+    (data, notes, an evaluation the user put there): ``--output-dir . --overwrite`` must never cost a file.
     """
     from fnmatch import fnmatch
     entries = sorted(out.iterdir())
@@ -553,38 +607,38 @@ def clear_run(out: Path) -> list[str]:
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ValueError(f"{out} holds files a training run does not write ({shown}); --overwrite deletes only a "
-                         f"run's own files, so move those away or choose another --output_dir")
+                         f"run's own files, so move those away or choose another --output-dir")
     for p in entries:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     return [p.name for p in entries]
 
 
 def _cli(args) -> int:
+    """`photochat train`: check everything, print what will run, train, say where the model went.
+
+    Errors a user can fix (a bad flag, a changed resume, bad data) are ValueErrors: `cli.main` prints them
+    in one line (exit 2); ``--debug`` shows the traceback.
+    """
     from .cliutil import dataclass_from_args
-    try:
-        cfg = dataclass_from_args(TrainConfig, args)
-    except ValueError as e:                      # a nonsense flag: one line, before any work
-        print(f"[train] error: {e}")
-        return 2
+    cfg = dataclass_from_args(TrainConfig, args)       # range checks: a nonsense flag stops here
     out = Path(cfg.output_dir)
     if not cfg.resume_from_checkpoint and (latest_checkpoint(out) or (out / "losses.jsonl").exists()):
         if not args.overwrite:
-            print(f"[train] {out} already holds a run; use --resume_from_checkpoint latest or --overwrite")
-            return 2
-        try:
-            clear_run(out)
-        except ValueError as e:
-            print(f"[train] refusing --overwrite: {e}")
-            return 2
+            raise ValueError(f"{out} already holds a run; use --resume-from-checkpoint latest or --overwrite")
+        removed = clear_run(out)
+        print(f"[train] --overwrite: removed {len(removed)} entries of the earlier run in {out}")
+    check_resume(cfg)
+    trainer = Trainer(cfg)
+    print(trainer.summary())
     try:
-        check_resume(cfg)
-    except ValueError as e:
-        print(f"[train] error: {e}")
-        return 2
-    try:
-        state = Trainer(cfg).train()
+        state = trainer.train()
     except NonFiniteError as e:
         print(f"[train] stopped: {e}")
         return 3
-    print(f"[train] done: {state['global_step']} steps, stopped: {state['stopped'] or 'max_epochs'}")
-    return 130 if state["stopped"] == "interrupted" else 0
+    stopped = state["stopped"] or "max_epochs"
+    if stopped == "interrupted":
+        print(f"[train] interrupted at step {state['global_step']}; resume with --resume-from-checkpoint latest")
+        return 130
+    print(f"[train] done: {state['global_step']} steps, stopped: {stopped}")
+    print(f"[train] final model: {out / 'final'}  (photochat chat --model {out / 'final'})")
+    return 0

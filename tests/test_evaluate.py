@@ -119,12 +119,12 @@ def test_a_wrong_model_folder_is_one_line_with_the_final_hint(tmp_path, capsys):
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "photochat.json").write_text("{}")
     rc = main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "e")])
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err
     assert rc == 2 and "has no photochat.json" in said and str(tmp_path / "run" / "final") in said, said
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "photochat.json").write_text("{not json")
     rc = main(["evaluate", "--model", str(tmp_path / "broken"), "--data", str(tmp_path), "--out", str(tmp_path / "e")])
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err
     assert rc == 2 and "photochat.json is broken" in said, said
 
 
@@ -138,4 +138,9 @@ def test_chat_with_a_wrong_model_folder_says_so_in_one_line(tmp_path):
     args = parser.parse_args(["chat", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "photos")])
     stdout = io.StringIO()
     assert args.func(args, stdin=io.StringIO("hi\n"), stdout=stdout) == 2
-    assert stdout.getvalue().strip() == f"error: {tmp_path / 'nowhere'} is not a PhotoChatModel folder: it has no photochat.json"
+    assert stdout.getvalue().strip() == f"error: {tmp_path / 'nowhere'}: no such model folder"
+    (tmp_path / "empty").mkdir()
+    args = parser.parse_args(["chat", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "photos")])
+    stdout = io.StringIO()
+    assert args.func(args, stdin=io.StringIO("hi\n"), stdout=stdout) == 2
+    assert stdout.getvalue().strip() == f"error: {tmp_path / 'empty'} is not a PhotoChatModel folder: it has no photochat.json"

@@ -16,8 +16,8 @@ from photochat_lib.data.toy_world import write_toy_dataset
 from photochat_lib.train import NonFiniteError, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--max_train_samples", "32", "--micro_batch_size", "4", "--eval_every_epochs", "0", "--no-progress",
-          "--warmup_steps", "2"]
+COMMON = ["--max-train-samples", "32", "--micro-batch-size", "4", "--eval-every-epochs", "0", "--no-progress",
+          "--warmup-steps", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +49,20 @@ def wait_for_step(run: Path, proc, step: int, timeout: float = 300) -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_replays_the_same_losses(toy_data, tmp_path):
-    steps = ["--max_steps", "6", "--checkpointing_steps", "2"]
+    steps = ["--max-steps", "6", "--checkpointing-steps", "2"]
     ref = tmp_path / "ref"
-    p = photochat("train", "--data", toy_data, "--output_dir", ref, *steps, *COMMON)
+    p = photochat("train", "--data", toy_data, "--output-dir", ref, *steps, *COMMON)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     run = tmp_path / "killed"
-    p = photochat("train", "--data", toy_data, "--output_dir", run, *steps, *COMMON)
+    p = photochat("train", "--data", toy_data, "--output-dir", run, *steps, *COMMON)
     wait_for_step(run, p, 3)          # checkpoint-2 exists, step 3 done: then kill without warning
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert (run / "checkpoint-2").is_dir() and not (run / "final").exists()
     # a checkpoint being written when the kill came stays a .tmp-* folder; every named one is complete
     assert all((c / "trainer_state.json").exists() for c in run.glob("checkpoint-*"))
-    p = photochat("train", "--data", toy_data, "--output_dir", run, *steps, *COMMON, "--resume_from_checkpoint", "latest")
+    p = photochat("train", "--data", toy_data, "--output-dir", run, *steps, *COMMON, "--resume-from-checkpoint", "latest")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     assert "resumed from" in out
@@ -75,8 +75,8 @@ def test_sigkill_then_resume_replays_the_same_losses(toy_data, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_first(toy_data, tmp_path):
     run = tmp_path / "int"
-    p = photochat("train", "--data", toy_data, "--output_dir", run, "--max_steps", "50",
-                  "--checkpointing_steps", "1000", *COMMON)
+    p = photochat("train", "--data", toy_data, "--output-dir", run, "--max-steps", "50",
+                  "--checkpointing-steps", "1000", *COMMON)
     wait_for_step(run, p, 2)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=300)
@@ -167,9 +167,9 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "photochat_lib.cli", "train", "--data", str(toy_data), "--output_dir", str(run),
-           "--max_steps", "3", "--checkpointing_steps", "2", "--log_ranks", *COMMON,
-           "--photo_repeats", "1"]   # with the toy recipe's repeats one sample id can fill two shards' slots
+           "-m", "photochat_lib.cli", "train", "--data", str(toy_data), "--output-dir", str(run),
+           "--max-steps", "3", "--checkpointing-steps", "2", "--log-ranks", *COMMON,
+           "--photo-repeats", "1"]   # with the toy recipe's repeats one sample id can fill two shards' slots
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -259,7 +259,7 @@ def test_pipeline_clips_each_side_on_its_own(toy_data, tmp_path):
 
 # ------------------------------------------------------------------ the paper recipe on random config weights
 def test_paper_recipe_trains_on_random_config_weights(toy_data, tmp_path, monkeypatch):
-    """`--preset paper --random_init --smoke`: the shipped configs' architectures at tiny widths, the
+    """`--preset paper --random-init --smoke`: the shipped configs' architectures at tiny widths, the
     paper's recipe (LoRA on LLM and UNet, frozen ViT, 512² SD targets, 77-token captions), one step."""
     cfg = TrainConfig(data=str(toy_data), output_dir=str(tmp_path / "paper"), preset="paper", random_init=True,
                       smoke=True,
@@ -354,7 +354,7 @@ def test_chunked_training_follows_one_runs_cosine_schedule(toy_data, tmp_path):
 
 
 def test_overwrite_deletes_only_a_runs_own_files(tmp_path):
-    """`--overwrite` once ran shutil.rmtree(output_dir): with --output_dir . it deleted the user's data."""
+    """`--overwrite` once ran shutil.rmtree(output_dir): with --output-dir . it deleted the user's data."""
     from photochat_lib.train import clear_run
     run = tmp_path / "run"
     (run / "checkpoint-2").mkdir(parents=True)
@@ -376,21 +376,21 @@ def test_overwrite_deletes_only_a_runs_own_files(tmp_path):
 def test_cli_overwrite_refuses_a_folder_with_user_files(tmp_path, toy_data):
     (tmp_path / "losses.jsonl").write_text("")   # an earlier run was here ...
     (tmp_path / "data.csv").write_text("keep")   # ... and so is the user's file
-    p = photochat("train", "--data", toy_data, "--output_dir", tmp_path, "--overwrite", *COMMON)
+    p = photochat("train", "--data", toy_data, "--output-dir", tmp_path, "--overwrite", *COMMON)
     out, _ = p.communicate(timeout=300)
-    assert p.returncode == 2 and "refusing --overwrite" in out and "data.csv" in out, out
+    assert p.returncode == 2 and "--overwrite deletes only a run's own files" in out and "data.csv" in out, out
     assert (tmp_path / "data.csv").read_text() == "keep" and (tmp_path / "losses.jsonl").exists()
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--max_steps", "0"], "--max_steps must be >= 1, got 0"),
-    (["--max_steps", "-1"], "--max_steps must be >= 1, got -1"),
-    (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be >= 1"),
-    (["--checkpointing_steps", "0"], "--checkpointing_steps must be >= 1"),
+    (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+    (["--max-steps", "-1"], "--max-steps must be >= 1, got -1"),
+    (["--checkpoints-total-limit", "0"], "--checkpoints-total-limit must be >= 1"),
+    (["--checkpointing-steps", "0"], "--checkpointing-steps must be >= 1"),
     (["--alpha", "-1"], "--alpha must be >= 0"),
-    (["--weight_decay", "-1"], "--weight_decay must be >= 0"),
-    (["--max_train_samples", "0"], "--max_train_samples must be >= 1"),
-    (["--dvtm_impl", "foo"], "--dvtm_impl must be one of dense, sparse, batched, got 'foo'"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["--max-train-samples", "0"], "--max-train-samples must be >= 1"),
+    (["--dvtm-impl", "foo"], "--dvtm-impl must be one of dense, sparse, batched, got 'foo'"),
     (["--lr", "0"], "--lr must be > 0"),
 ])
 def test_nonsense_flags_stop_before_any_work_with_one_line(tmp_path, flags, message):
@@ -401,9 +401,9 @@ def test_nonsense_flags_stop_before_any_work_with_one_line(tmp_path, flags, mess
 
     from photochat_lib.cli import main
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = main(["train", "--data", str(tmp_path / "none"), "--output_dir", str(tmp_path / "run"), *flags])
-    assert rc == 2 and message in out.getvalue(), out.getvalue()
+    with contextlib.redirect_stderr(out):
+        rc = main(["train", "--data", str(tmp_path / "none"), "--output-dir", str(tmp_path / "run"), *flags])
+    assert rc == 2 and message in out.getvalue() and len(out.getvalue().splitlines()) == 1, out.getvalue()
     assert not (tmp_path / "run").exists()
 
 
@@ -415,12 +415,12 @@ def test_resuming_with_a_changed_run_is_refused_and_names_the_changes(toy_data, 
     Trainer(TrainConfig(**common)).train()
     saved = (tmp_path / "config.json").read_text()
     check_resume(TrainConfig(**{**common, "max_steps": 2}, resume_from_checkpoint="latest"))   # more steps: fine
-    with pytest.raises(ValueError, match=r"mode 'end2end' -> 'pipeline'; lr None -> 0.001\): pass --allow_changed"):
+    with pytest.raises(ValueError, match=r"mode 'end2end' -> 'pipeline'; lr None -> 0.001\): pass --allow-changed"):
         Trainer(TrainConfig(**{**common, "max_steps": 2}, mode="pipeline", lr=1e-3, resume_from_checkpoint="latest"))
     assert (tmp_path / "config.json").read_text() == saved                 # nothing rewritten
     check_resume(TrainConfig(**common, mode="pipeline", resume_from_checkpoint="latest", allow_changed_config=True))
-    p = photochat("train", "--data", toy_data, "--output_dir", tmp_path, "--max_steps", "2", "--max_train_samples", "8",
-                  "--micro_batch_size", "4", "--eval_every_epochs", "0", "--no-progress", "--mode", "pipeline",
-                  "--resume_from_checkpoint", "latest")
+    p = photochat("train", "--data", toy_data, "--output-dir", tmp_path, "--max-steps", "2", "--max-train-samples", "8",
+                  "--micro-batch-size", "4", "--eval-every-epochs", "0", "--no-progress", "--mode", "pipeline",
+                  "--resume-from-checkpoint", "latest")
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2 and "mode 'end2end' -> 'pipeline'" in out, out

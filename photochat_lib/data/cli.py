@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                        help="Input schema: PhotoChat (also the toy world) or DialogCC (default: photochat).")
     stats.add_argument("--lenient", action="store_true", help="Skip bad dialogues (counted and reported "
                        "per reason on stderr) instead of stopping at the first error.")
+    stats.add_argument("--check-images", action="store_true", help="Also decode every photo the way training "
+                       "does (truncated, corrupt or over-large files are errors naming dialogue and path; with "
+                       "--lenient, counted and skipped).")
     stats.set_defaults(func=_stats)
 
     # `download` is owned by data/download.py; skipped only while that module does not exist
@@ -78,7 +81,7 @@ def _stats(args: argparse.Namespace) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the report below says the same, once
-                dialogues = reader(path, lenient=args.lenient, report=report)
+                dialogues = reader(path, lenient=args.lenient, report=report, check_images=args.check_images)
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -86,6 +89,11 @@ def _stats(args: argparse.Namespace) -> int:
             print(f"{path}: {report.summary()}", file=sys.stderr)
             for message in report.messages[:10]:
                 print(f"  {message}", file=sys.stderr)
+        if args.check_images:
+            n_photos = sum(len(d.photos) for d in dialogues)
+            bad = report.skipped.get("bad_image", 0) + report.skipped.get("missing_image", 0)
+            print(f"{path}: {n_photos} photos decode" + (f"; {bad} dialogues skipped for bad images" if bad else ""),
+                  file=sys.stderr)
         rows.append(dialogue_stats(dialogues, name=str(Path(path))))
     print(format_table(rows))
     return 0

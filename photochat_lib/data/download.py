@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import fsync_dir, write_text
+from ..cliutil import progress_bar
 from .http_fetch import (FetchConfig, Manifest, build_opener, fetch, sha256_file, still_ok,
                          strong_validator)
 
@@ -248,13 +249,12 @@ def fill_missing_images(dest: Path, man: Manifest, plan: dict, model: str, steps
         return 0
     import torch
     from diffusers import DiffusionPipeline
-    from tqdm.auto import tqdm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    for k in tqdm(todo, desc="generate missing photos", unit="img", disable=not progress):
+    for k in progress_bar(todo, desc="generate missing photos", unit="img", disable=not progress):
         p, entry = plan[k], man.get(k)
         gen = torch.Generator("cpu").manual_seed(seed + int(hashlib.sha256(k.encode()).hexdigest()[:8], 16))
         image = pipe(prompt=p["description"], num_inference_steps=steps, generator=gen).images[0]
@@ -292,8 +292,6 @@ def download_photochat(dest: str | os.PathLike = "data/photochat", splits=("trai
                        fill_steps: int = 28) -> DownloadReport:
     """Download PhotoChat's JSON and photos into `dest`; returns what happened (raises DownloadError
     when the JSON cannot be fetched — dead photo URLs are reported, not raised)."""
-    from tqdm.auto import tqdm
-
     start, dest = time.monotonic(), Path(dest)
     if workers < 1 or timeout <= 0 or deadline <= 0 or retries < 0:
         raise ValueError(f"need workers >= 1, timeout > 0, deadline > 0, retries >= 0; got workers={workers}, "
@@ -341,7 +339,7 @@ def download_photochat(dest: str | os.PathLike = "data/photochat", splits=("trai
     skipped = sum(1 for k in rels if man.get(k).get("attempts", 0) == before[k])
     requests = json_requests
     if images:
-        bar = tqdm(total=len(plan), desc="photochat photos", unit="img", disable=not progress)
+        bar = progress_bar(total=len(plan), desc="photochat photos", unit="img", disable=not progress)
         pool = cf.ThreadPoolExecutor(max_workers=workers)
         try:
             futs = [(pool.submit(_fetch_image_group, url, keys, plan, dest, cfg, man, opener), len(keys))

@@ -1,6 +1,13 @@
-"""Image loading and the two default image transforms (perceptron input, diffusion target)."""
+"""Image loading and the two default image transforms (perceptron input, diffusion target).
+
+Every photo the project reads goes through :func:`load_image`, so training, evaluation, chat and the
+up-front check (``data stats --check-images``, ``train``) agree on what a good image is: a file PIL can
+fully decode, of at most ``MAX_DECODE_PIXELS``. Larger photos than ``LARGE_PIXELS`` are downscaled on
+load (the models see 224² and 512² at most), not rejected.
+"""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,15 +31,46 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+MAX_DECODE_PIXELS = 16384 * 16384   # larger files are refused (a decompression bomb, not a photo)
+LARGE_PIXELS = 2048 * 2048          # photos above this are downscaled on load, keeping the aspect ratio
+
+
+class ImageError(ValueError):
+    """A file that is not a usable photo (unreadable, truncated or too large); the message names it."""
+
+
 def load_image(photo: Photo | str) -> Image.Image:
-    """Return the RGB pixels of a photo's local file (or of a path)."""
+    """Return the RGB pixels of a photo's local file (or of a path), at most ``LARGE_PIXELS`` of them.
+
+    Raises FileNotFoundError for a missing file and ImageError (one line naming the path) for a file
+    PIL cannot decode or one above ``MAX_DECODE_PIXELS``.
+    """
     path = photo.path if isinstance(photo, Photo) else photo
     if path is None:
         raise FileNotFoundError(f"photo has no local file (url {photo.url!r}); download it first")
-    with Image.open(path) as im:
-        im.load()
-        rgb = to_rgb(im)
-        return rgb.copy() if rgb is im else rgb  # detached from the closed file
+    old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None   # our own limit replaces PIL's bomb check
+    try:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            w, h = im.size                       # read from the header: nothing decoded yet
+            if w * h > MAX_DECODE_PIXELS:
+                raise ImageError(f"{path}: {w}x{h} pixels is over the {MAX_DECODE_PIXELS:,}-pixel limit")
+            if w * h > LARGE_PIXELS:
+                scale = (LARGE_PIXELS / (w * h)) ** 0.5
+                im.draft("RGB", (int(w * scale), int(h * scale)))  # JPEG: decode at a reduced scale (cheap)
+            im.load()
+            rgb = to_rgb(im)
+            rgb = rgb.copy() if rgb is im else rgb  # detached from the closed file
+    except (FileNotFoundError, ImageError):
+        raise
+    except (OSError, ValueError, SyntaxError) as e:   # truncated, corrupt, not an image
+        raise ImageError(f"{path}: cannot decode ({e})") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if rgb.width * rgb.height > LARGE_PIXELS:    # downscale, keeping the aspect ratio
+        scale = (LARGE_PIXELS / (rgb.width * rgb.height)) ** 0.5
+        rgb = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))), Image.BICUBIC)
+    return rgb
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -33,8 +33,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from PIL import Image
 
+from photochat_lib.data.images import load_image
 from photochat_lib.data.schema import DataError, Dialogue, Photo, ReadReport, Turn
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif")
@@ -133,14 +133,13 @@ def _manifest_images(root: str, mtime: int | None) -> dict[tuple[str, str], tupl
 
 
 def verify_image(photo: Photo, file: str, did: str) -> None:
-    """Raise DataError unless the photo has a local file that PIL can fully decode."""
+    """Raise DataError unless the photo has a local file that :func:`load_image` can fully decode."""
     if photo.path is None:
         raise DataError("missing_image", f"no local image for {photo.url!r}", file=file, dialogue_id=did)
     try:
-        with Image.open(photo.path) as im:
-            im.load()
-    except Exception as e:  # PIL raises several types for truncated/corrupt files
-        raise DataError("bad_image", f"unreadable image {photo.path}: {e}", file=file, dialogue_id=did) from None
+        load_image(photo)                         # the same decode (and size limit) training uses
+    except (OSError, ValueError) as e:            # missing, truncated, corrupt, too large (ImageError)
+        raise DataError("bad_image", f"unreadable image: {e}", file=file, dialogue_id=did) from None
 
 
 def read_files(path: str | Path, parse_file: Callable[[Path, Any], list], *, lenient: bool,
