@@ -6,7 +6,20 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The one place the torch pins are kept (x86_64 Linux: wheels that pair with PyPI's torchvision).
 TORCH_PINS_X86_64 := torch==2.14.1 torchvision==0.29.1
-STAMP := $(VENV)/.photochat-installed
+# Which build of those pins to install (x86_64 Linux). Empty, the default: PyPI's wheels, CUDA 13.0, kernels for
+# sm_75..sm_120 (CPU, Colab's T4, A100, H100). A V100 (sm_70) needs `make install TORCH_CUDA=cu126`: PyTorch dropped
+# Volta from its CUDA 12.8/13.x builds in release 2.11 and only the CUDA 12.6 builds keep it. That installs the same
+# versions from https://download.pytorch.org/whl/cu126 (any tag that index serves works, e.g. cpu). The tag goes into
+# the pins (+cu126) because pip counts an installed X+cu130 as satisfying a plain ==X and would keep it. Each build
+# has its own stamp, so the call reinstalls torch in a venv that plain `make install` made; pass the same TORCH_CUDA
+# to later make calls (or export it) so a rebuild keeps that build. `photochat doctor` checks torch against the GPU.
+TORCH_CUDA ?=
+STAMP := $(VENV)/.photochat-installed$(if $(TORCH_CUDA),-$(TORCH_CUDA))
+ifeq ($(TORCH_CUDA),)
+TORCH_INSTALL := $(TORCH_PINS_X86_64)
+else
+TORCH_INSTALL := $(addsuffix +$(TORCH_CUDA),$(TORCH_PINS_X86_64)) --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
+endif
 
 NBVAL := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
@@ -16,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	@if [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ]; then \
-	  echo "installing $(TORCH_PINS_X86_64)"; $(PIP) install --quiet $(TORCH_PINS_X86_64); \
+	  echo "installing $(TORCH_INSTALL)"; $(PIP) install --quiet $(TORCH_INSTALL); \
 	else echo "not x86_64 Linux: torch comes from the package's range in pyproject.toml"; fi
 	$(PIP) install --quiet -e ".[dev,docs]"
 	@touch $@
