@@ -1,0 +1,53 @@
+"""photochat_lib: end-to-end photo-sharing dialogue — an LLM that sees photos through a BLIP-2 Q-Former and
+draws them through Stable Diffusion, trained jointly (L = Lt + α·Lv).
+
+    from photochat_lib import PhotoChatModel, generate, load_toy_model
+    model = load_toy_model(which="end2end")      # or PhotoChatModel.from_pretrained(a folder or a Hub id)
+    reply = generate(model, [("A", "Can you show me a photo?")], speaker="B")   # reply.text, reply.images
+
+The public names below are imported on first use (PEP 562 ``__getattr__``), so ``import photochat_lib.data``
+or a CLI's ``--help`` does not pay for torch, transformers and diffusers.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "PhotoChatModel": "model",
+    "PhotoChatConfig": "model",
+    "generate": "generation",
+    "generate_batch": "generation",
+    "Reply": "generation",
+    "load_toy_model": "presets",
+    "build_model": "presets",
+    "TrainConfig": "train",
+    "Trainer": "train",
+    "evaluate_model": "evaluate",
+    "model_card": "hub",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import a public name's submodule when the name is first used, and keep the name here."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value                  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:                            # what static tools and IDEs see
+    from .evaluate import evaluate_model
+    from .generation import Reply, generate, generate_batch
+    from .hub import model_card
+    from .model import PhotoChatConfig, PhotoChatModel
+    from .presets import build_model, load_toy_model
+    from .train import TrainConfig, Trainer

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import os
 
+import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
+from .atomic import write_json
 from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
+
+MODEL_INDEX = "model_index.json"   # what makes an SD folder a diffusers pipeline
 
 
 class ImageGenerator(nn.Module):
@@ -141,12 +145,29 @@ class ImageGenerator(nn.Module):
 
     # ----- persistence: the stable-diffusion repo layout, so the same loader serves both -----
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write text_encoder/, tokenizer/, unet/, vae/, scheduler/ like a diffusers SD repo."""
+        """Write text_encoder/, tokenizer/, unet/, vae/, scheduler/ and model_index.json like a diffusers SD
+        repo, so ``diffusers.StableDiffusionPipeline.from_pretrained(path)`` loads the folder on its own."""
         self.text_encoder.save_pretrained(os.path.join(path, "text_encoder"))
         self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
         self.unet.save_pretrained(os.path.join(path, "unet"))
         self.vae.save_pretrained(os.path.join(path, "vae"))
         self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
+        write_json(os.path.join(path, MODEL_INDEX), self.model_index())   # last: the folder is complete
+
+    def model_index(self) -> dict:
+        """Return the model_index.json of a diffusers StableDiffusionPipeline made of these components.
+
+        The same entries diffusers writes for such a pipeline (no safety checker, no feature extractor),
+        except the scheduler: scheduler/ holds the DDPM training schedule, and the index names
+        DDIMScheduler, which diffusers builds from that config — the sampler `generate` uses.
+        """
+        def entry(obj) -> list[str]:                    # [library, class], as diffusers records a component
+            return [type(obj).__module__.split(".")[0], type(obj).__name__]
+        return {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                "feature_extractor": [None, None], "image_encoder": [None, None],
+                "requires_safety_checker": False, "safety_checker": [None, None],
+                "scheduler": ["diffusers", DDIMScheduler.__name__], "text_encoder": entry(self.text_encoder),
+                "tokenizer": entry(self.tokenizer), "unet": entry(self.unet), "vae": entry(self.vae)}
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, token: str | None = None,

@@ -87,6 +87,7 @@ class PhotoChatModel(nn.Module):
         self.llm, self.tokenizer = llm, tokenizer
         self.perceptron, self.image_generator = perceptron, image_generator
         self.config = config or PhotoChatConfig()
+        self.source_folder: str | None = None    # the local folder from_pretrained read (its metrics.json)
 
     @property
     def context_photos(self) -> str:
@@ -203,14 +204,18 @@ class PhotoChatModel(nn.Module):
         dtype: of the weights once loaded (a torch dtype or its name; ``torch_dtype=`` is accepted too);
         default float32 for the toy preset (whose shipped end-to-end model is stored in float16 to halve
         its size), else as stored. device_map: a device to move the model to, or "auto" (CUDA if present).
-        A missing folder, a folder that is not a model, a broken photochat.json or a truncated weights
-        file raise FileNotFoundError / ValueError naming the folder or file.
+        A training run's ``checkpoint-N/`` loads too (`hub.load_training_checkpoint`: rebuilt from the run's
+        config.json, LoRA merged). A missing folder, a folder that is not a model, a broken photochat.json or
+        a truncated weights file raise FileNotFoundError / ValueError naming the folder or file.
         """
-        from .hub import find_broken_file, resolve_model_path
+        from .hub import find_broken_file, is_training_checkpoint, load_training_checkpoint, resolve_model_path
         from .presets import load_components
         dtype = overrides.pop("torch_dtype", dtype)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else (None if dtype == "auto" else dtype)
         folder = resolve_model_path(path, revision=revision, token=token)
+        if is_training_checkpoint(folder):
+            model = load_training_checkpoint(folder, **overrides)
+            return model._placed(folder, dtype, device_map)
         config_file = os.path.join(folder, "photochat.json")
         if not os.path.isfile(config_file):
             hint = (f"; a training run keeps its model in {os.path.join(path, 'final')}"
@@ -235,10 +240,25 @@ class PhotoChatModel(nn.Module):
             if broken is None:
                 raise
             raise ValueError(f"{broken[0]}: {broken[1]}") from e
-        model = cls(llm, tok, perceptron, gen, config)
+        return cls(llm, tok, perceptron, gen, config)._placed(folder, None, device_map)
+
+    def _placed(self, folder: str | os.PathLike, dtype: torch.dtype | None,
+                device_map: str | torch.device | None) -> "PhotoChatModel":
+        """Return self, remembering the folder it was read from, cast to dtype and moved per device_map."""
+        self.source_folder = str(folder)
+        if dtype is not None:
+            self.to(dtype)
         if device_map is not None:
-            model.to(("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map)
-        return model
+            self.to(("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map)
+        return self
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload PhotoChatModel", run_dir: str | os.PathLike | None = None):
+        """Upload this model to a Hub model repo (created if missing) with a README.md model card; run_dir: the
+        training run it came from (its config.json and eval/metrics.json go into the card). See `hub.push_to_hub`."""
+        from .hub import push_to_hub
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
+                           run_dir=run_dir)
 
 
 def llm_gradient_norms(model: PhotoChatModel, batch: dict, tau: float,
