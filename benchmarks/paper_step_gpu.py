@@ -48,6 +48,10 @@ class WorstCaseBatches:
         self.collate, self.length, self.n_photos = collate, length, n_photos
         self.image_size, self.placeholder_id, self.pad_id = image_size, placeholder_id, pad_id
 
+    def cut_report(self, samples):
+        """What the wrapped collator's limits cut (the trainer's start-up summary asks)."""
+        return self.collate.cut_report(samples)
+
     def __call__(self, items):
         from photochat_lib.tokens import IGNORE_INDEX, NUM_VISUAL_TOKENS
         b = self.collate(items)

@@ -237,6 +237,7 @@ class MemoryEstimate:
                 f"{'weights GB':>11}{'grads GB':>9}{'optim GB':>9}{'activ. GB':>10}")
         lines = [f"preset {self.preset}: mixed_precision={r.mixed_precision}, micro-batch {r.micro_batch_size} "
                  f"× {r.grad_accum_steps} accumulation = {r.effective_batch_size}, text {r.max_text_length} tokens, "
+                 f"{r.max_context_images} context photos (the collator's limits), "
                  f"images {r.image_resolution}², checkpointing llm={r.llm_gradient_checkpointing} "
                  f"unet={r.unet_gradient_checkpointing}", head, "-" * len(head)]
         for c in self.components:
@@ -358,9 +359,10 @@ def estimate(preset: str, recipe: TrainingRecipe | None = None, gpu_gb: float = 
 def register(subparsers) -> None:
     """Add the `estimate-memory` sub-command to the `photochat` parser."""
     p = subparsers.add_parser(
-        "estimate-memory", help="estimate GPU memory for training a preset; say whether it fits",
+        "estimate-memory", help="estimate GPU memory (and time per step) for training a preset; say whether it fits",
         description="Build the preset's architectures on the meta device (no download), count parameters "
-                    "exactly and estimate training memory (weights, grads, AdamW, activations) for its recipe.")
+                    "exactly and estimate training memory (weights, grads, AdamW, activations) for its recipe, "
+                    "and the FLOPs of one optimizer step with the seconds they take on a V100 and a T4.")
     p.add_argument("--preset", choices=sorted(RECIPES), default="paper",
                    help="architectures and training recipe to estimate (default: paper)")
     p.add_argument("--gpu-gb", type=float, default=32.0,
@@ -379,6 +381,14 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"estimate-memory: --micro-batch must be >= 1, got {args.micro_batch}")
     if args.gpu_gb <= 0:
         raise SystemExit(f"estimate-memory: --gpu-gb must be > 0, got {args.gpu_gb}")
+    from dataclasses import asdict
+
+    from .steptime import step_cost
     est = estimate(args.preset, gpu_gb=args.gpu_gb, micro_batch=args.micro_batch)
-    print(json.dumps(est.to_dict(), indent=2) if args.json else est.table())
+    cost = step_cost(args.preset, est.recipe)           # the same recipe and shapes: FLOPs -> seconds per step
+    if args.json:
+        print(json.dumps({**est.to_dict(), "step_cost": {**asdict(cost), "seconds": {
+            gpu: cost.seconds(gpu) for gpu in ("V100 32GB", "T4 16GB")}}}, indent=2))
+    else:
+        print("\n".join([est.table(), *cost.lines()]))
     return 0 if est.fits() else 1

@@ -40,15 +40,21 @@ class Preset:
     dtype: str = "float32"          # weight dtype of frozen parts when loading ("float16" on GPUs)
     image_size: int = 224           # side of the photos the ViT sees
     sd_resolution: int = 512        # side of the photos SD draws and is trained on
-    max_length: int = 1024          # LLM tokens per sample (context + response, visual tokens included)
+
+    @property
+    def max_length(self) -> int:
+        """LLM tokens per training sample (context + response, visual tokens included): the recipe's
+        ``max_text_length``, the one number the collator enforces and `estimate-memory` assumes."""
+        from .recipe import get_recipe
+        return get_recipe(self.name).max_text_length
 
 
 PRESETS = {
-    "toy": Preset("toy", None, None, None, image_size=32, sd_resolution=32, max_length=384),
+    "toy": Preset("toy", None, None, None, image_size=32, sd_resolution=32),
     "colab": Preset("colab", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "Salesforce/blip2-opt-2.7b-coco",
-                    "stabilityai/stable-diffusion-2-1-base", dtype="float16", max_length=768),
+                    "stabilityai/stable-diffusion-2-1-base", dtype="float16"),
     "paper": Preset("paper", "meta-llama/Llama-2-7b-chat-hf", "Salesforce/blip2-opt-2.7b-coco",
-                    "stabilityai/stable-diffusion-2-1-base", dtype="float16", max_length=1024),
+                    "stabilityai/stable-diffusion-2-1-base", dtype="float16"),
 }
 
 

@@ -34,10 +34,10 @@ def dialogue(tmp_path):
     return Dialogue("d1", turns, "test")
 
 
-def collate(toks, samples, max_length=512):
+def collate(toks, samples, max_length=512, max_context_images=None):
     llm, sd = toks
     col = Collator(llm, sd, image_transform(16), sd_image_transform(8), max_length=max_length,
-                   num_visual_tokens=NV)
+                   num_visual_tokens=NV, max_context_images=max_context_images)
     data = PhotoChatDataset(samples)
     return col, col([data[i] for i in range(len(samples))])
 
@@ -187,6 +187,39 @@ def test_truncation_drops_oldest_turns_whole(toks, dialogue):
     assert "Hi Sam" not in text and "I got a red ball." in text
     with pytest.raises(DataError, match=r"d1:5.*max_length|max_length.*d1:5"):
         collate(toks, [sample], max_length=n_resp)
+
+
+def test_extra_context_photos_are_dropped_oldest_first_and_counted(toks, dialogue):
+    llm, _ = toks
+    image_id = llm.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    sample = dialogue_samples(dialogue)[4]  # two context photos: red (older), blue
+    col, b = collate(toks, [sample], max_context_images=1)
+    assert int((b["input_ids"][0] == image_id).sum()) == NV and b["context_pixel_values"].shape[0] == 1
+    assert b["context_pixel_values"][0, 2].mean() > b["context_pixel_values"][0, 0].mean()   # blue kept
+    text = llm.decode(b["input_ids"][0][b["attention_mask"][0] == 1])
+    assert "Hi Sam!" in text and "What do you think?" in text      # only the photo turn went
+    assert col.cut_report([sample]) == {"samples": 1, "turns": 0, "photos": 1}
+    assert collate(toks, [sample], max_context_images=2)[0].cut_report([sample])["samples"] == 0
+    col, b = collate(toks, [sample], max_context_images=0)
+    assert b["context_pixel_values"].shape[0] == 0 and col.cut_report([sample])["photos"] == 2
+
+
+def test_training_limits_are_the_recipes_and_estimate_memorys():
+    """One source of truth: the collator enforces recipe.max_text_length / max_context_images, which are the
+    numbers `estimate-memory` budgets for (training once used the preset's 1,024 tokens and no photo cap)."""
+    from photochat_lib.memory import estimate
+    from photochat_lib.presets import get_preset, load_toy_model
+    from photochat_lib.recipe import get_recipe
+    model = load_toy_model(which="end2end")
+    for preset in ("toy", "colab", "paper"):
+        r = get_recipe(preset)
+        col = Collator.for_model(model, preset)
+        assert (col.max_length, col.max_context_images) == (r.max_text_length, r.max_context_images)
+        assert get_preset(preset).max_length == r.max_text_length
+    est = estimate("paper", gpu_gb=32)
+    col = Collator.for_model(model, "paper")
+    assert (est.recipe.max_text_length, est.recipe.max_context_images) == (col.max_length, col.max_context_images)
+    assert f"text {col.max_length} tokens, {col.max_context_images} context photos" in est.table()
 
 
 def test_no_context_images_gives_empty_tensor(toks, dialogue):

@@ -250,3 +250,38 @@ def test_recipe_errors_name_the_field():
         TrainingRecipe(preset="x", mixed_precision="fp8")
     get_recipe("paper").micro_batch_size = 99                 # a copy: RECIPES stays untouched
     assert RECIPES["paper"].micro_batch_size == 4
+
+
+def test_step_time_counts_the_flops_of_the_recipes_shapes():
+    """`estimate-memory` also says how long an optimizer step takes: FLOPs counted on the meta device at the
+    collator's limits, times the passes each component makes, over a GPU's peak at 25-50 % utilisation."""
+    from dataclasses import replace
+
+    from photochat_lib.memory import build_meta_components
+    from photochat_lib.recipe import get_recipe
+    from photochat_lib.steptime import PEAK_TFLOPS, step_cost
+    paper = get_recipe("paper")
+    cost = step_cost("paper")
+    llm = build_meta_components("paper")["llm"]
+    n = sum(p.numel() for p in llm.parameters())
+    tokens = paper.micro_batch_size * paper.max_text_length
+    assert abs(cost.forward_tflops["llm"] / (2 * n * tokens / 1e12) - 1) < 0.1      # the 2·N·tokens rule
+    # LoRA LLM with checkpointing: forward, input gradients, recompute; the VAE only encodes the target photo
+    assert cost.multiplier["llm"] == 3 and cost.multiplier["vae"] == 1 and cost.multiplier["vision"] == 1
+    assert cost.multiplier["text_encoder"] == 2                  # frozen, but L_v's gradient crosses it (eq. 11)
+    assert cost.step_tflops == pytest.approx(sum(cost.forward_tflops[k] * cost.multiplier[k]
+                                                  for k in cost.forward_tflops) * paper.grad_accum_steps)
+    half = step_cost("paper", replace(paper, grad_accum_steps=4))
+    assert half.step_tflops == pytest.approx(cost.step_tflops / 2)
+    frozen_llm = step_cost("paper", replace(paper, llm="freeze", qformer="freeze", projection="freeze",
+                                            train_new_token_rows=False))
+    assert frozen_llm.multiplier["llm"] == 1 and frozen_llm.multiplier["unet"] == 3
+    fast, slow = cost.seconds("V100 32GB")
+    assert fast == pytest.approx(cost.step_tflops / (PEAK_TFLOPS["V100 32GB"]["half"] * 0.5)) and slow == 2 * fast
+
+
+def test_estimate_memory_prints_the_step_time(capsys):
+    from photochat_lib.cli import main
+    main(["estimate-memory", "--preset", "colab", "--gpu-gb", "16"])
+    out = capsys.readouterr().out
+    assert "TFLOPs per optimizer step" in out and "T4 16GB" in out and "s per optimizer step" in out

@@ -12,6 +12,9 @@ The responder's first tag ``"B:"`` is the prompt; everything after it (later tur
 their tags, the captions with [IMG]/[/IMG], and eos) is scored by the text loss (eq. 2); the rest is
 ``IGNORE_INDEX``. Too long? Whole context turns are dropped, oldest first (never half a caption or
 half a placeholder run, and their photos go too); if the response alone does not fit, DataError.
+More context photos than ``max_context_images``? The oldest photo turns are dropped first. Both limits
+come from the training recipe (``max_text_length``, ``max_context_images``: `Collator.for_model`), the
+same numbers `photochat estimate-memory` budgets for; `cut_report` counts what they cut.
 
 **Context photos** (``context_photos``). ``"perceptron"`` (the end-to-end model, §2.3): the ``<image>``
 run above. ``"caption"`` (the pipeline's input end as the paper's introduction describes it: "the text
@@ -21,6 +24,7 @@ dialogue model perceives photos based on the image descriptions"): the photo is 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -70,7 +74,7 @@ class Collator:
 
     def __init__(self, llm_tokenizer, sd_tokenizer, image_transform: Callable, sd_image_transform: Callable,
                  max_length: int = 512, num_visual_tokens: int = NUM_VISUAL_TOKENS,
-                 context_photos: str = "perceptron"):
+                 context_photos: str = "perceptron", max_context_images: int | None = None):
         if context_photos not in CONTEXT_PHOTOS:
             raise ValueError(f"context_photos must be one of {CONTEXT_PHOTOS}, got {context_photos!r}")
         self.llm = llm_tokenizer                   # Llama-style tokenizer with [IMG] [/IMG] <image>
@@ -80,6 +84,7 @@ class Collator:
         self.max_length = max_length               # longest sequence, bos and eos included
         self.num_visual_tokens = num_visual_tokens  # <image> placeholders per context photo
         self.context_photos = context_photos       # "perceptron": visual tokens (eq. 3); "caption": its caption
+        self.max_context_images = max_context_images  # context photos seen as pixels per sample; None: all
         self.caption_supervision = 1.0             # share of samples whose caption tokens L_t scores (paper: all)
         self.image_id = llm_tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         self.pad_id = llm_tokenizer.pad_token_id if llm_tokenizer.pad_token_id is not None else llm_tokenizer.eos_token_id
@@ -88,14 +93,16 @@ class Collator:
                 raise ValueError(f"the LLM tokenizer must keep {tok} as one special token")
 
     @classmethod
-    def for_model(cls, model, preset: str = "toy") -> "Collator":
-        """Return the collate step for a PhotoChatModel at the preset's image sizes and max length."""
+    def for_model(cls, model, preset: str = "toy", recipe=None) -> "Collator":
+        """Return the collate step for a PhotoChatModel at the preset's image sizes and the training
+        recipe's limits (default: the preset's recipe): ``max_text_length`` and ``max_context_images``."""
         from photochat_lib.data.images import image_transform, sd_image_transform
         from photochat_lib.presets import get_preset
-        p = get_preset(preset)
+        from photochat_lib.recipe import get_recipe
+        p, r = get_preset(preset), recipe or get_recipe(preset)
         return cls(model.tokenizer, model.image_generator.tokenizer, image_transform(p.image_size),
-                   sd_image_transform(p.sd_resolution), max_length=p.max_length,
-                   context_photos=model.context_photos)
+                   sd_image_transform(p.sd_resolution), max_length=r.max_text_length,
+                   context_photos=model.context_photos, max_context_images=r.max_context_images)
 
     def sees_pixels(self, turn: Turn) -> bool:
         """Return whether a context turn reaches the LLM as visual tokens (a photo, perceptron mode)."""
@@ -140,17 +147,26 @@ class Collator:
             ids, starts = [self.llm.bos_token_id] + ids, [-1] + starts
         return ids, starts
 
+    def _capped_context(self, sample: Sample) -> list[Turn]:
+        """Return the context without its oldest photo turns beyond ``max_context_images`` (pixels only:
+        a photo written as its caption is text, and the length limit governs it)."""
+        seen = [i for i, t in enumerate(sample.context) if self.sees_pixels(t)]
+        if self.max_context_images is None or len(seen) <= self.max_context_images:
+            return list(sample.context)
+        dropped = set(seen[: len(seen) - self.max_context_images])
+        return [t for i, t in enumerate(sample.context) if i not in dropped]
+
     def encode(self, sample: Sample) -> dict:
         """Return one sample's ids, labels, caption positions (local) and the kept context turns."""
-        drop = 0
+        capped, drop = self._capped_context(sample), 0
         while True:
-            context = sample.context[drop:]
+            context = capped[drop:]
             text, resp_start, spans, turn_starts = self._render(sample, context)
             ids, starts = self._encode(text)
             n = len(ids) + 1  # + eos
             if n <= self.max_length:
                 break
-            if drop >= len(sample.context):
+            if drop >= len(capped):
                 raise DataError("too_long", f"the response alone needs {n} tokens > max_length "
                                 f"{self.max_length}", dialogue_id=sample.dialogue_id, field=f"sample {sample.id}")
             # drop the fewest oldest turns that can make it fit (re-checked on the next pass)
@@ -170,6 +186,19 @@ class Collator:
         if spans and not self.caption_scored(sample):        # the study's unsupervised captions: L_t skips
             labels = [IGNORE_INDEX if c >= 0 else lab for lab, c in zip(labels, cap)]   # them, L_v still sees them
         return {"input_ids": ids, "labels": labels, "caption_positions": cap, "context": context}
+
+    def cut_report(self, samples: list[Sample]) -> Counter:
+        """Return what the limits cut from `samples`: ``samples`` cut at all, context ``turns`` dropped for
+        length, context ``photos`` dropped (over ``max_context_images`` or with a dropped turn)."""
+        cuts = Counter()
+        for s in samples:
+            kept = self.encode(s)["context"]
+            n_turns = len(self._capped_context(s)) - len(kept)
+            n_photos = sum(self.sees_pixels(t) for t in s.context) - sum(self.sees_pixels(t) for t in kept)
+            cuts["samples"] += bool(n_turns or n_photos)
+            cuts["turns"] += n_turns
+            cuts["photos"] += n_photos
+        return cuts
 
     def caption_scored(self, sample: Sample) -> bool:
         """Return whether L_t scores this sample's caption tokens: always, unless `caption_supervision` < 1
