@@ -42,9 +42,11 @@ def run(args, stdin=None, stdout=None) -> int:
     from .presets import load_toy_model
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     say = lambda s: (stdout.write(s + "\n"), stdout.flush())
+    from .doctor import UnsupportedGPUError, require_supported_gpu
     try:
+        require_supported_gpu()                # a torch build without kernels for this GPU: the fix, in one line
         model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
-    except (OSError, ValueError) as e:     # a wrong --model, a broken one, no Hub: one line, no traceback
+    except (OSError, ValueError, UnsupportedGPUError) as e:   # a wrong --model, a broken one, no Hub, the GPU
         if getattr(args, "debug", False):
             raise
         say(f"error: {e}")

@@ -18,6 +18,7 @@ _COMMANDS = [
     "photochat_lib.chat",          # photochat chat
     "photochat_lib.memory",        # photochat estimate-memory
     "photochat_lib.demo",          # photochat demo
+    "photochat_lib.doctor",        # photochat doctor
 ]
 
 
@@ -45,9 +46,18 @@ def _add_debug_everywhere(subparsers) -> None:
                 _add_debug_everywhere(action)
 
 
-# What a user can fix: bad data (DataError is a ValueError), a bad flag or file, a missing or corrupt model
-# folder, an unreachable Hub, a full disk. These end in one line; anything else is a bug and shows its traceback.
-USER_ERRORS = (ValueError, OSError)
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """Return the sub-command's own parser."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[command]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can fix: bad data (DataError is a ValueError), a bad flag or file, a missing or corrupt model
+    folder, an unreachable Hub, a full disk, a torch build without kernels for the GPU. These end in one line;
+    anything else is a bug and shows its traceback."""
+    from .doctor import UnsupportedGPUError
+    return ValueError, OSError, UnsupportedGPUError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     from .cliutil import quiet_libraries
     quiet_libraries()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):      # a settings file: its values become defaults, flags override
+            from .cliutil import config_defaults
+            sub = _subparser(parser, args.command)
+            sub.set_defaults(**config_defaults(sub, args.config))
+            args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         if args.debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__

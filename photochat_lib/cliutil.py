@@ -48,6 +48,29 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
             parser.add_argument(alias, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **action)
 
 
+def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
+    """Return the settings in a YAML/JSON file as `parser` defaults (so flags given on the command line
+    override them). A run's saved ``config.json`` works as it is: its ``"train"`` section is read.
+    Unknown keys are a ValueError naming them and the file."""
+    import yaml
+    try:
+        data = yaml.safe_load(open(path))              # JSON is YAML
+    except OSError as e:
+        raise ValueError(f"--config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not valid YAML/JSON ({' '.join(str(e).split())})") from None
+    if isinstance(data, dict) and isinstance(data.get("train"), dict):
+        data = data["train"]                            # a training run's config.json
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = {a.dest for a in parser._actions} | {f.name for f in getattr(parser, "config_fields", ())}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown settings {', '.join(unknown)}")
+    return values
+
+
 def dataclass_from_args(cls, args: argparse.Namespace):
     """Return `cls(**{field: args.field})` for the fields present in args."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -208,7 +208,9 @@ def register(subparsers) -> None:
 
 
 def _cli(args) -> int:
+    from .doctor import require_supported_gpu
     from .model import PhotoChatModel
+    require_supported_gpu()                              # the fix for a torch build without this GPU's kernels
     out = Path(args.out)
     runs = []
     for k, path in enumerate(args.model):

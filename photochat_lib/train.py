@@ -40,6 +40,9 @@ class TrainConfig:
     preset: str = "toy"                      # toy | colab | paper (architectures and recipe)
     mode: str = "end2end"                    # end2end (joint, eq. 13) | pipeline (baseline, §3.1.4)
     init: str | None = None                  # a PhotoChatModel folder to start from (toy: the shipped foundation)
+    llm: str | None = None                   # colab/paper: hub id or folder of the LLM (default: the preset's)
+    perceptron: str | None = None            # colab/paper: hub id or folder of the BLIP-2 model (default: the preset's)
+    sd: str | None = None                    # colab/paper: hub id or folder of Stable Diffusion (default: the preset's)
     random_init: bool = False                # random weights: toy ignores the shipped foundation; colab/paper
                                              # build their real architectures from photochat_lib/configs
                                              # (no download; smoke tests, memory and speed checks)
@@ -80,6 +83,12 @@ class TrainConfig:
     eval_samples: int = 64                   # dev samples per evaluation (photo-sharing ones first)
     early_stopping_patience: int | None = None  # default: the recipe's (4)
     skip_nonfinite: bool = False             # skip a step with a non-finite loss/gradient instead of stopping
+    mixed_precision: str | None = None       # no | fp16 | bf16 (default: the recipe's on a GPU; no on a CPU)
+    report_to: str | None = None             # accelerate trackers for losses, tau, lr and validation photos:
+                                             # tensorboard | wandb | all | none (default: none; output_dir/logs)
+    validation_steps: int = 100              # with report_to: every N optimizer steps, reply to a few dev
+                                             # contexts and log the photos drawn
+    validation_samples: int = 4              # dev photo-sharing contexts per validation
     progress: bool = True                    # tqdm progress bar on the main process
     log_ranks: bool = False                  # each process logs its batch ids and final weight hash (scale-out checks)
     extra: dict = field(default_factory=dict)  # free-form notes written to config.json
@@ -87,10 +96,13 @@ class TrainConfig:
 
     def __post_init__(self):
         """Refuse a setting that would give a wrong run silently (ValueError naming the flag)."""
+        if self.report_to == "none":             # --report-to none: off (e.g. over a --config that logs)
+            self.report_to = None
         at_least = {"max_steps": 1, "max_epochs": 1, "micro_batch_size": 1, "grad_accum_steps": 1, "warmup_steps": 0,
                     "lr_schedule_steps": 1, "photo_repeats": 1, "max_train_samples": 1, "checkpointing_steps": 1,
                     "checkpoints_total_limit": 1, "eval_every_epochs": 0, "eval_samples": 1,
-                    "early_stopping_patience": 1, "weight_decay": 0, "alpha": 0, "tau_anneal_epochs": 0}
+                    "early_stopping_patience": 1, "weight_decay": 0, "alpha": 0, "tau_anneal_epochs": 0,
+                    "validation_steps": 1, "validation_samples": 1}
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and value < low:
@@ -99,11 +111,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        sources = [f"--{k}" for k in ("llm", "perceptron", "sd") if getattr(self, k)]
+        if sources and (self.preset == "toy" or self.init or self.random_init):
+            raise ValueError(f"{', '.join(sources)} replace the colab/paper preset's pretrained models; they do not "
+                             f"apply with --preset toy, --init or --random-init")
         if not 0 <= self.caption_supervision <= 1:
             raise ValueError(f"--caption-supervision must be in [0, 1], got {self.caption_supervision}")
         choices = {"mode": ("end2end", "pipeline"), "sd_caption_source": ("gold", "sampled"),
                    "pipeline_context": ("caption", "perceptron"), "dvtm_impl": ("dense", "sparse", "batched"),
-                   "lr_decay": ("constant", "cosine", None)}
+                   "lr_decay": ("constant", "cosine", None), "mixed_precision": ("no", "fp16", "bf16", None),
+                   "report_to": ("tensorboard", "wandb", "all", None)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 shown = ", ".join(a for a in allowed if a)
@@ -137,9 +154,35 @@ def resolve(cfg: TrainConfig):
     recipe = get_recipe(cfg.preset)
     over = {k: getattr(cfg, k) for k in ("micro_batch_size", "grad_accum_steps", "lr", "sd_lr", "weight_decay",
                                           "warmup_steps", "alpha", "tau_start", "tau_end", "tau_anneal_epochs",
-                                          "max_epochs", "early_stopping_patience", "photo_repeats", "lr_decay")
+                                          "max_epochs", "early_stopping_patience", "photo_repeats", "lr_decay",
+                                          "mixed_precision")
             if getattr(cfg, k) is not None}
     return replace(recipe, **over)
+
+
+def mixed_precision_for(cfg: TrainConfig, recipe) -> str:
+    """Return the autocast precision: --mixed-precision, else the recipe's on a GPU and "no" on a CPU (the
+    recipes are written for GPUs; bf16 autocast also runs on a CPU when asked for, fp16 does not)."""
+    if cfg.mixed_precision is None:
+        return recipe.mixed_precision if torch.cuda.is_available() else "no"
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed-precision fp16 needs a CUDA GPU (a CPU can run bf16 or no)")
+    return cfg.mixed_precision
+
+
+def _allow_new_precision(precision: str) -> None:
+    """Let a second Trainer in one process (a notebook, the tests) use another mixed precision: accelerate keeps
+    one process-wide state and refuses to change it, so a single process's state is reset first."""
+    from accelerate.state import AcceleratorState, PartialState
+    shared = AcceleratorState._shared_state
+    if shared.get("_mixed_precision", precision) != precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+
+
+def tracker_config(cfg: TrainConfig, recipe) -> dict:
+    """Return the run's settings as trackers accept them (scalars only: None and tuples written as text)."""
+    flat = {**{f"recipe.{k}": v for k, v in recipe.to_dict().items()}, **asdict(cfg)}
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = "cpu"):
@@ -159,7 +202,8 @@ def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = 
     if init:
         return PhotoChatModel.from_pretrained(init, **mc)
     return build_model(cfg.preset, seed=cfg.seed, model_config=PhotoChatConfig(**mc),
-                       random_weights=cfg.random_init, device=device, smoke=cfg.smoke)
+                       random_weights=cfg.random_init, device=device, smoke=cfg.smoke,
+                       llm=cfg.llm, perceptron=cfg.perceptron, sd=cfg.sd)
 
 
 def read_split(cfg, split: str):
@@ -193,7 +237,7 @@ def make_loader(cfg, recipe, model, split: str, dialogues=None):
         samples = [samples[i] for i in keep]
     if recipe.photo_repeats > 1:                 # photo-sharing samples appear photo_repeats times per epoch
         samples = samples + [s for s in samples if s.shares_photo] * (recipe.photo_repeats - 1)
-    collate = Collator.for_model(model, cfg.preset)
+    collate = Collator.for_model(model, cfg.preset, recipe)   # the recipe's max_text_length, max_context_images
     collate.caption_supervision = cfg.caption_supervision
     ds = PhotoChatDataset(samples)
     loader = DataLoader(ds, batch_size=recipe.micro_batch_size, sampler=EpochShuffle(len(ds), cfg.seed),
@@ -209,7 +253,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 # what defines a run: resuming with any of these changed is refused (allow_changed_config overrides); the
 # rest (max_steps, checkpointing, evaluation, logging) may change between a run's sessions
-RUN_DEFINING = ("data", "preset", "mode", "init", "random_init", "smoke", "seed", "micro_batch_size",
+RUN_DEFINING = ("data", "preset", "mode", "init", "llm", "perceptron", "sd", "random_init", "smoke", "seed", "micro_batch_size",
                 "grad_accum_steps", "lr", "sd_lr", "weight_decay", "warmup_steps", "alpha", "tau_start", "tau_end",
                 "tau_anneal_epochs", "sd_caption_source", "pipeline_context", "dvtm_impl", "photo_only", "lr_decay",
                 "lr_schedule_steps", "photo_repeats", "caption_supervision", "max_train_samples", "max_grad_norm")
@@ -238,11 +282,14 @@ class Trainer:
         from .finetune import apply_recipe, param_groups
         check_resume(cfg)                        # before any work: a changed run is refused, not silently mixed
         self.cfg, self.recipe = cfg, resolve(cfg)
-        precision = self.recipe.mixed_precision if torch.cuda.is_available() else "no"
+        precision = mixed_precision_for(cfg, self.recipe)
+        _allow_new_precision(precision)
         # cpu=True on a GPU-less machine: under `accelerate launch --multi_gpu --num_processes N` this
         # makes accelerate pick MULTI_CPU with the gloo backend (tests/test_train.py runs 2 processes).
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=self.recipe.grad_accum_steps, mixed_precision=precision,
-                               project_config=ProjectConfiguration(project_dir=cfg.output_dir),
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=self.recipe.grad_accum_steps,
+                               mixed_precision=precision, log_with=cfg.report_to,
+                               project_config=ProjectConfiguration(project_dir=cfg.output_dir,
+                                                                   logging_dir=str(Path(cfg.output_dir) / "logs")),
                                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         torch.manual_seed(cfg.seed)
         model = build_training_model(cfg, self.recipe, self.acc.device)
@@ -253,6 +300,13 @@ class Trainer:
         if cfg.eval_every_epochs and (Path(cfg.data) / "dev").exists():
             self.reports["dev"] = read_split(cfg, "dev")[1]         # dev's photos too: not a crash after epoch 1
         self.train_ds, loader = make_loader(cfg, self.recipe, model, "train", dialogues)
+        self.validation = []                      # dev contexts whose replies are drawn for the trackers
+        if cfg.report_to and (Path(cfg.data) / "dev").exists():
+            from .data.samples import make_samples
+            dev = [s for s in make_samples(read_split(cfg, "dev")[0]) if s.shares_photo]
+            self.validation = dev[: cfg.validation_samples]
+        unique = list({s.id: s for s in self.train_ds.samples}.values())
+        self.cuts = loader.collate_fn.cut_report(unique)   # what the recipe's limits cut (a too-long response: DataError)
         # §3.1.4: the pipeline "trains them separately": its dialogue side (LLM + perceptron) and its image
         # side (SD) each get their own gradient clipping, lr schedule and early stopping. One AdamW holds
         # both sides' groups; AdamW updates each parameter from its own gradient and moments only, so this
@@ -310,11 +364,16 @@ class Trainer:
             checked = f"[train] {split}: {report.read} dialogues, every photo decoded"
             lines.append(checked + (f"; skipped {report.summary().split('skipped ', 1)[1]} (--lenient)"
                                     if report.skipped else ""))
+        cut = (f"cut {self.cuts['samples']} samples ({self.cuts['turns']} oldest turns, {self.cuts['photos']} context "
+               f"photos dropped)" if self.cuts["samples"] else "nothing cut")
+        lines.append(f"[train] limits (recipe): {r.max_text_length} tokens and {r.max_context_images} context photos "
+                     f"per sample; {cut}")
         lines += [f"[train] batch {batch} = {r.micro_batch_size} per step x {r.grad_accum_steps} accumulated x "
                   f"{self.acc.num_processes} processes; {self.max_steps} optimizer steps "
                   f"({self.steps_per_epoch} per epoch), lr {r.lr:g}",
                   f"[train] {trainable:,} trainable parameters on {self.acc.device} "
-                  f"(mixed precision: {self.acc.mixed_precision})",
+                  f"(mixed precision: {self.acc.mixed_precision})"
+                  + (f"; logging to {self.cfg.report_to} in {self.out / 'logs'}" if self.cfg.report_to else ""),
                   f"[train] writing to {self.out}: checkpoints every {self.cfg.checkpointing_steps} steps, "
                   f"losses.jsonl, final/"]
         return "\n".join(lines)
@@ -368,6 +427,39 @@ class Trainer:
         if self.acc.is_main_process:
             with open(self.out / "losses.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.cfg.report_to and "loss" in record:      # accelerate's trackers: every process calls, main logs
+            self.acc.log({f"train/{k}": record[k] for k in ("loss", "text_loss", "image_loss", "tau", "lr")},
+                         step=record["step"])
+
+    @torch.no_grad()
+    def _log_validation(self) -> None:
+        """Log, for the validation contexts: the model's replies (text, as `evaluate` generates them), the photos
+        it shared, and the image generator drawing the reference captions (always there, also before the LLM
+        has learnt to share: the image side's progress on its own)."""
+        from .evaluate import predict
+        from .generation import draw_captions
+        if not self.validation or not self.acc.is_main_process:
+            return
+        step, model = self.state["global_step"], self.unwrapped
+        records, images = predict(model, self.validation, seed=self.cfg.seed)
+        references = [p.caption for s in self.validation for p in s.target_photos()[:1]]
+        groups = {"validation/shared_photos": [img for r in records for img in images.get(r["id"], [])[:1]],
+                  "validation/reference_captions": draw_captions(model.image_generator, references, seed=self.cfg.seed)}
+        model.train()
+        text = "\n\n".join(f"**{r['id']}** reference: {r['reference']}  \nreply: {r['prediction']}" for r in records)
+        for tracker in self.acc.trackers:
+            if tracker.name == "tensorboard":
+                import numpy as np
+                for tag, imgs in groups.items():
+                    if imgs:                                    # one grid, every photo at the largest size
+                        side = max(max(img.size) for img in imgs)
+                        grid = np.stack([np.asarray(img.convert("RGB").resize((side, side))) for img in imgs])
+                        tracker.log_images({tag: grid}, step=step, dataformats="NHWC")
+                tracker.writer.add_text("validation/replies", text, global_step=step)
+            elif tracker.name == "wandb":
+                import wandb
+                tracker.log({tag: [wandb.Image(img) for img in imgs] for tag, imgs in groups.items() if imgs},
+                            step=step)
 
     def _trim_log(self) -> None:
         """After a resume, drop log lines past the restored step (they will be replayed)."""
@@ -392,6 +484,8 @@ class Trainer:
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
             self._trim_log()
+        if cfg.report_to:
+            self.acc.init_trackers("photochat", config=tracker_config(cfg, r))
         max_steps = self.max_steps
         self.total_steps = cfg.lr_schedule_steps or max_steps   # where a decaying lr schedule ends
         old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
@@ -407,6 +501,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, old)
         if self.state["stopped"] != "interrupted":
             self.save_final()
+        if cfg.report_to:
+            self.acc.end_training()
         return self.state
 
     def _run_epoch(self, max_steps: int, bar) -> bool:
@@ -457,6 +553,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", Lv=f"{rec['image_loss']:.3f}", tau=f"{tau:.3f}")
             sums, n_micro = {k: 0.0 for k in sums}, 0
+            if self.validation and st["global_step"] % cfg.validation_steps == 0:
+                self._log_validation()
             if st["global_step"] % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
             if self._interrupted:
@@ -580,18 +678,23 @@ def _main_thread() -> bool:
 def register(subparsers) -> None:
     """Add `photochat train`."""
     import argparse
+    import dataclasses
 
     from .cliutil import add_dataclass_arguments
     p = subparsers.add_parser("train", help="jointly train the model (end2end) or the pipeline baseline",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(p, TrainConfig)
+    p.config_fields = dataclasses.fields(TrainConfig)   # what a --config file may set (extra included)
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a YAML or JSON file of these settings (a run's config.json works as it is); flags given "
+                        "here override it")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even if output_dir already holds a run: deletes the run's own files (checkpoints, "
                         "final/, best/, logs, config.json, trainer_state.json) and refuses if anything else is there")
     p.set_defaults(func=_cli)
 
 
-RUN_FILES = ("config.json", "losses.jsonl", "trainer_state.json", "final", "best", "checkpoint-*", ".tmp-*",
+RUN_FILES = ("config.json", "losses.jsonl", "trainer_state.json", "final", "best", "checkpoint-*", ".tmp-*", "logs",
              "batches.rank*.jsonl", "weights.rank*.sha256")   # everything a training run writes in output_dir
 
 
@@ -620,7 +723,9 @@ def _cli(args) -> int:
     in one line (exit 2); ``--debug`` shows the traceback.
     """
     from .cliutil import dataclass_from_args
+    from .doctor import require_supported_gpu
     cfg = dataclass_from_args(TrainConfig, args)       # range checks: a nonsense flag stops here
+    require_supported_gpu()                            # a V100 under a CUDA 13 torch: the fix, not a kernel error
     out = Path(cfg.output_dir)
     if not cfg.resume_from_checkpoint and (latest_checkpoint(out) or (out / "losses.jsonl").exists()):
         if not args.overwrite:
