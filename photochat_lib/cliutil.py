@@ -15,12 +15,18 @@ import typing
 
 
 def field_comments(cls) -> dict[str, str]:
-    """Return {field name: its trailing `# comment`} from the dataclass source."""
-    out = {}
+    """Return {field name: its trailing `# comment`} from the dataclass source; a comment continued on the
+    next lines (lines holding only an aligned `# ...`) is joined to it."""
+    out, last = {}, None
     for line in inspect.getsource(cls).splitlines():
         m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
         if m:
-            out[m.group(1)] = m.group(2).strip()
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif last and (c := re.match(r"\s+#\s*(.+)$", line)):
+            out[last] += " " + c.group(1).strip()
+        else:
+            last = None
     return out
 
 
