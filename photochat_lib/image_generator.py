@@ -114,8 +114,8 @@ class ImageGenerator(nn.Module):
             raise ValueError(f"unsupported scheduler prediction_type {kind!r}")
         if snr_gamma is None:
             return F.mse_loss(pred.float(), target.float())                 # eq. (12), see docstring
-        alpha_bar = self.scheduler.alphas_cumprod.to(z0.device)[t]          # (B,)
-        snr = alpha_bar / (1 - alpha_bar)                                   # (B,) signal-to-noise ratio
+        from diffusers.training_utils import compute_snr
+        snr = compute_snr(self.scheduler, t)                                # (B,) ᾱ_t / (1 − ᾱ_t), diffusers' own
         # the ε-, v- and z_0-losses weigh x_0 errors by SNR, SNR+1 and 1: divide that back out
         weight = snr.clamp(max=snr_gamma)                                   # (B,) on x_0 errors
         weight = weight / {"epsilon": snr, "v_prediction": snr + 1}.get(kind, torch.ones_like(snr))

@@ -88,6 +88,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
 
 from .atomic import replace_dir
 from .data.toy_world import BACKGROUNDS, COLOURS, NOUNS, POSITIONS, SHAPES, SIZES, ToyObject, caption, draw_photo
@@ -201,7 +202,8 @@ def train_unet(gen: ImageGenerator, cfg: PretrainSDConfig, rng: random.Random) -
     gen.text_encoder.train()
     opt = torch.optim.AdamW(params, cfg.unet_lr, weight_decay=0.0)
     sched = _one_cycle(opt, cfg.unet_lr, cfg.unet_steps)
-    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
+    # diffusers' EMAModel: decay min(ema_decay, (1 + k)/(10 + k)) at update k, the warm-up this module used by hand
+    ema = EMAModel(params, decay=cfg.ema_decay, foreach=True) if cfg.ema_decay > 0 else None
     noise_gen = torch.Generator().manual_seed(cfg.seed)                      # VAE sample, ε and t draws
     first = last = None
     window: list[float] = []
@@ -217,8 +219,7 @@ def train_unet(gen: ImageGenerator, cfg: PretrainSDConfig, rng: random.Random) -
         opt.step()
         sched.step()
         if ema is not None:
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))             # warm-up of the EMA
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            ema.step(params)
         window = (window + [loss.item()])[-(cfg.log_every or 50):]
         first = first if first is not None else loss.item()
         last = sum(window) / len(window)
@@ -227,25 +228,17 @@ def train_unet(gen: ImageGenerator, cfg: PretrainSDConfig, rng: random.Random) -
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.unet_steps:
             curve.append(_judge_midway(gen, params, ema, cfg, step + 1))
     if ema is not None:
-        _swap(params, ema)
+        ema.copy_to(params)                                                  # what is saved: the EMA weights
     gen.unet.eval()
     gen.text_encoder.eval()
     return {"unet_first": first, "unet_last": last, **({"unet_curve": curve} if curve else {})}
 
 
-@torch.no_grad()
-def _swap(params: list[torch.Tensor], other: list[torch.Tensor]) -> None:
-    """Exchange the values of params and other in place (to judge, then resume from, the EMA weights)."""
-    for p, o in zip(params, other):
-        tmp = p.detach().clone()
-        p.copy_(o)
-        o.copy_(tmp)
-
-
 def _judge_midway(gen: ImageGenerator, params, ema, cfg: PretrainSDConfig, step: int) -> dict:
     """Return and print the judge's verdict on the (EMA) weights after `step` UNet steps; training state is kept."""
-    if ema is not None:
-        _swap(params, ema)
+    if ema is not None:                          # judge the EMA weights, then resume training from the raw ones
+        ema.store(params)
+        ema.copy_to(params)
     gen.unet.eval()
     gen.text_encoder.eval()
     threads = torch.get_num_threads()
@@ -254,7 +247,7 @@ def _judge_midway(gen: ImageGenerator, params, ema, cfg: PretrainSDConfig, step:
     finally:
         torch.set_num_threads(threads)
         if ema is not None:
-            _swap(params, ema)
+            ema.restore(params)
         gen.unet.train()
         gen.text_encoder.train()
     row = {"step": step, "exact_match": e["exact_match"], "colour_accuracy": e["colour_accuracy"],

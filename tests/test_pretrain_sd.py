@@ -122,3 +122,17 @@ def test_shipped_toy_sd_draws_what_it_is_told():
     verdict = evaluate_generator(gen, n=100, seed=1)
     assert verdict["exact_match"] >= 0.9, verdict               # 200 captions: 95.5 % (the benchmark)
     assert verdict["exact_match_by_objects"][1] >= 0.95, verdict
+
+
+def test_weight_ema_is_diffusers_emamodel_with_the_same_warm_up():
+    """The hand-written EMA (decay min(γ, (1+k)/(10+k)) at update k) became diffusers' EMAModel: the same decays
+    from the second update on; its first update copies the weights (decay 0, not 0.1), a difference whose share
+    of the EMA after n updates is 0.1·∏ decay_k — below 1e-30 after the 8,000 UNet steps of the shipped run."""
+    import math
+
+    from diffusers.training_utils import EMAModel
+    ema = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=0.995)
+    hand = [min(0.995, (1 + k) / (10 + k)) for k in range(8000)]
+    lib = [ema.get_decay(k + 1) for k in range(8000)]
+    assert lib[0] == 0.0 and hand[0] == 0.1 and lib[1:] == hand[1:]
+    assert 0.1 * math.prod(hand[1:]) < 1e-30
