@@ -74,13 +74,17 @@ def count_params(module: nn.Module) -> int:
 
 
 def lora_targets(module: nn.Module, target_modules) -> list[tuple[str, nn.Linear]]:
-    """Return the (name, Linear) pairs peft would adapt: name == target or name ends with "." + target."""
+    """Return the (name, Linear) pairs peft adapts for `target_modules`, matched by peft's own rule."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    config = LoraConfig(target_modules=list(target_modules))
     return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)
-            and any(n == t or n.endswith("." + t) for t in target_modules)]
+            and check_target_module_exists(config, n) is True]
 
 
 def lora_param_count(module: nn.Module, rank: int, target_modules) -> int:
-    """Return LoRA's extra parameters: sum of r·(in + out) over the adapted Linears."""
+    """Return LoRA's extra parameters: sum of r·(in + out) over the adapted Linears (A: r×in, B: out×r; counted
+    here rather than by injecting adapters, which would allocate them: the paper's LLM has 224 such Linears)."""
     targets = lora_targets(module, target_modules)
     if not targets:
         raise ValueError(f"LoRA targets {list(target_modules)} match no Linear in {type(module).__name__}")
