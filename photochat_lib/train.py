@@ -324,6 +324,10 @@ class Trainer:
                       "bad_epochs": {side: 0 for side in self.sides}, "stopped_sides": [],
                       "history": [], "stopped": None}
 
+        # Kept by hand, not transformers.get_scheduler: its warm-up starts at lr 0 (this one at lr/warm-up, which
+        # every run's first steps depend on), the pipeline stops each side's lr on its own early stopping, and
+        # the decay's end (lr_schedule_steps) is known only when train() starts, after accelerate.prepare. The
+        # cosine is the one of transformers' cosine_with_min_lr schedule at min_lr_rate 0.1.
         def schedule(side: str):                    # linear warm-up, then the recipe's decay; 0 once stopped
             return lambda s: 0.0 if side in self.state["stopped_sides"] else self._lr_factor(s, warm)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, [schedule(g["side"]) for g in groups])
@@ -385,7 +389,11 @@ class Trainer:
 
     # ----- checkpoints -----
     def save_checkpoint(self) -> Path:
-        """Write checkpoint-{step} atomically (temp folder, then rename); keep the last N."""
+        """Write checkpoint-{step} atomically (temp folder, then rename); keep the last N.
+
+        Kept by hand, not accelerate's ProjectConfiguration(automatic_checkpoint_naming, total_limit): that names
+        folders by save count (checkpoints/checkpoint_0, _1, ...) rather than optimizer step, and writes them in
+        place, so a SIGKILL mid-save leaves a checkpoint that looks complete (tests/test_train.py kills runs)."""
         final = self.out / f"checkpoint-{self.state['global_step']}"
         if final.exists():                     # this step is saved already (e.g. Ctrl-C right after a save)
             return final

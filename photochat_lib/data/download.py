@@ -365,7 +365,11 @@ def download_photochat(dest: str | os.PathLike = "data/photochat", splits=("trai
 
 def download_dialogcc(dest: str | os.PathLike = "data/dialogcc", endpoint: str | None = None,
                       cache_dir: str | None = None) -> list[Path]:
-    """Download DialogCC's train/valid/test JSON from the HF hub dataset; returns their paths."""
+    """Download DialogCC's train/valid/test JSON from the HF hub dataset; returns their paths.
+
+    Kept as hf_hub_download + our JSON reader rather than datasets.load_dataset: the reader validates each
+    dialogue and names the file, id and field of a bad one (data/dialogcc.py), and `datasets` (with pyarrow)
+    would be a new dependency for three JSON files."""
     import urllib.error
 
     from huggingface_hub import hf_hub_download

@@ -11,6 +11,12 @@ moves them, and says how a fetch ended in words the manifest keeps:
   connection.
 
 Stdlib only (`urllib`), so environment proxies and redirects work as they do for any Python program.
+
+Kept by hand for now rather than requests + urllib3 ``Retry`` or img2dataset: ``Retry`` covers the retry and
+backoff part only, not Range resume of a truncated body, the per-file deadline, Flickr's placeholder or the
+sha256 manifest, and img2dataset writes its own shard format, not PhotoChat's ``images/<id>.jpg`` layout;
+the download fault tests (tests/test_download.py) pin this behaviour. A swap of the retry layer to urllib3 is
+the candidate (issue 14).
 """
 from __future__ import annotations
 
