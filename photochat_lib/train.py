@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +25,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .atomic import replace_dir, write_json, write_text
+from .atomic import write_json
 from .cliutil import progress_bar
+from .dev_eval import DevEvaluation
 from .recipe import get_recipe
+from .run_folder import RUN_DEFINING, RUN_FILES, RunFolder, check_resume, clear_run, latest_checkpoint  # noqa: F401
 from .stgs import TauScheduler
 
 
@@ -245,35 +245,13 @@ def make_loader(cfg, recipe, model, split: str, dialogues=None):
     return ds, loader
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """Return the checkpoint-{step} folder with the highest step, or None."""
-    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+class Trainer(RunFolder, DevEvaluation):
+    """One training run: `Trainer(cfg).train()` returns the final trainer state.
 
-
-# what defines a run: resuming with any of these changed is refused (allow_changed_config overrides); the
-# rest (max_steps, checkpointing, evaluation, logging) may change between a run's sessions
-RUN_DEFINING = ("data", "preset", "mode", "init", "llm", "perceptron", "sd", "random_init", "smoke", "seed", "micro_batch_size",
-                "grad_accum_steps", "lr", "sd_lr", "weight_decay", "warmup_steps", "alpha", "tau_start", "tau_end",
-                "tau_anneal_epochs", "sd_caption_source", "pipeline_context", "dvtm_impl", "photo_only", "lr_decay",
-                "lr_schedule_steps", "photo_repeats", "caption_supervision", "max_train_samples", "max_grad_norm")
-
-
-def check_resume(cfg: TrainConfig) -> None:
-    """Raise ValueError, naming every changed setting, if cfg resumes a run whose config.json says otherwise."""
-    saved = Path(cfg.output_dir) / "config.json"
-    if not cfg.resume_from_checkpoint or cfg.allow_changed_config or not saved.exists():
-        return
-    before = json.loads(saved.read_text()).get("train", {})
-    now = asdict(cfg)
-    changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RUN_DEFINING if k in before and before[k] != now[k]]
-    if changed:
-        raise ValueError(f"resuming {cfg.output_dir} with settings that change the run ({'; '.join(changed)}): "
-                         f"pass --allow-changed-config to resume anyway")
-
-
-class Trainer:
-    """One training run: `Trainer(cfg).train()` returns the final trainer state."""
+    Shaped like diffusers' training scripts: `__init__` sets up (accelerator, model with the recipe applied,
+    data, optimizer, schedules), `train` / `_run_epoch` step (bookkeeping only when ``sync_gradients``);
+    checkpoints, logs and saved models are `run_folder.RunFolder`'s, dev evaluation, early stopping and
+    validation photos `dev_eval.DevEvaluation`'s."""
 
     def __init__(self, cfg: TrainConfig):
         from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -387,94 +365,11 @@ class Trainer:
         """The PhotoChatModel without accelerate's wrappers."""
         return self.acc.unwrap_model(self.model)
 
-    # ----- checkpoints -----
-    def save_checkpoint(self) -> Path:
-        """Write checkpoint-{step} atomically (temp folder, then rename); keep the last N.
-
-        Kept by hand, not accelerate's ProjectConfiguration(automatic_checkpoint_naming, total_limit): that names
-        folders by save count (checkpoints/checkpoint_0, _1, ...) rather than optimizer step, and writes them in
-        place, so a SIGKILL mid-save leaves a checkpoint that looks complete (tests/test_train.py kills runs)."""
-        final = self.out / f"checkpoint-{self.state['global_step']}"
-        if final.exists():                     # this step is saved already (e.g. Ctrl-C right after a save)
-            return final
-        tmp = self.out / f".tmp-{final.name}"
-        if self.acc.is_main_process:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)            # every process writes its RNG state into it
-        self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp), safe_serialization=True)
-        if self.acc.is_main_process:
-            write_json(tmp / "trainer_state.json", {**self.state, "tau": self.tau.state_dict()})
-            os.replace(tmp, final)
-            ckpts = sorted((p for p in self.out.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[-1]))
-            for old in ckpts[: max(0, len(ckpts) - self.cfg.checkpoints_total_limit)]:
-                shutil.rmtree(old)
-        self.acc.wait_for_everyone()
-        return final
-
-    def load_checkpoint(self, where: str) -> None:
-        """Restore model, optimizer, scheduler and trainer state from a checkpoint (or 'latest')."""
-        path = latest_checkpoint(self.out) if where == "latest" else Path(where)
-        if path is None:
-            self.acc.print(f"[train] no checkpoint in {self.out}; starting from scratch")
-            return
-        self.acc.load_state(str(path))
-        saved = json.loads((path / "trainer_state.json").read_text())
-        self.tau.load_state_dict(saved.pop("tau"))
-        self.state.update(saved)
-        self.acc.print(f"[train] resumed from {path} (step {self.state['global_step']})")
-
     # ----- the loop -----
     def _seed_micro_step(self, micro_step: int) -> torch.Generator:
         s = (self.cfg.seed * 1_000_003 + self.acc.process_index * 7_919 + micro_step) % (2 ** 63)
         torch.manual_seed(s)                                                   # dropout
         return torch.Generator(device=self.acc.device).manual_seed(s)           # Gumbel + diffusion noise
-
-    def _log(self, record: dict) -> None:
-        if self.acc.is_main_process:
-            with open(self.out / "losses.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.cfg.report_to and "loss" in record:      # accelerate's trackers: every process calls, main logs
-            self.acc.log({f"train/{k}": record[k] for k in ("loss", "text_loss", "image_loss", "tau", "lr")},
-                         step=record["step"])
-
-    @torch.no_grad()
-    def _log_validation(self) -> None:
-        """Log, for the validation contexts: the model's replies (text, as `evaluate` generates them), the photos
-        it shared, and the image generator drawing the reference captions (always there, also before the LLM
-        has learnt to share: the image side's progress on its own)."""
-        from .evaluate import predict
-        from .generation import draw_captions
-        if not self.validation or not self.acc.is_main_process:
-            return
-        step, model = self.state["global_step"], self.unwrapped
-        records, images = predict(model, self.validation, seed=self.cfg.seed)
-        references = [p.caption for s in self.validation for p in s.target_photos()[:1]]
-        groups = {"validation/shared_photos": [img for r in records for img in images.get(r["id"], [])[:1]],
-                  "validation/reference_captions": draw_captions(model.image_generator, references, seed=self.cfg.seed)}
-        model.train()
-        text = "\n\n".join(f"**{r['id']}** reference: {r['reference']}  \nreply: {r['prediction']}" for r in records)
-        for tracker in self.acc.trackers:
-            if tracker.name == "tensorboard":
-                import numpy as np
-                for tag, imgs in groups.items():
-                    if imgs:                                    # one grid, every photo at the largest size
-                        side = max(max(img.size) for img in imgs)
-                        grid = np.stack([np.asarray(img.convert("RGB").resize((side, side))) for img in imgs])
-                        tracker.log_images({tag: grid}, step=step, dataformats="NHWC")
-                tracker.writer.add_text("validation/replies", text, global_step=step)
-            elif tracker.name == "wandb":
-                import wandb
-                tracker.log({tag: [wandb.Image(img) for img in imgs] for tag, imgs in groups.items() if imgs},
-                            step=step)
-
-    def _trim_log(self) -> None:
-        """After a resume, drop log lines past the restored step (they will be replayed)."""
-        path = self.out / "losses.jsonl"
-        if self.acc.is_main_process and path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state["global_step"]]
-            write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _on_sigint(self, signum, frame):
         if self._interrupted:                      # second Ctrl-C: stop now
@@ -594,90 +489,6 @@ class Trainer:
         self.acc.print(f"[train] {msg}: step skipped")
         self._log({"step": self.state["global_step"] + 1, "skipped": what, "ids": batch["ids"]})
 
-    # what each side's early stopping watches (§3.1.2: "BLEU-2 and FID scores do not increase on the dev set")
-    WATCH = {"joint": ("BLEU-2", "FID"), "dialogue": ("BLEU-2",), "image": ("FID",)}
-    SAVES = {"joint": None, "dialogue": ("llm", "perceptron"), "image": ("sd",)}   # what best/ takes from a side
-
-    def _end_of_epoch(self) -> bool:
-        """Evaluate on dev, update each side's early stopping; return True when every side has stopped."""
-        cfg, st = self.cfg, self.state
-        if not cfg.eval_every_epochs or st["epoch"] % cfg.eval_every_epochs or not (Path(cfg.data) / "dev").exists():
-            return False
-        from .evaluate import evaluate_model
-        metrics = evaluate_model(self.unwrapped, cfg.data, "dev", preset=cfg.preset, max_samples=cfg.eval_samples,
-                                 seed=cfg.seed, accelerator=self.acc, lenient=cfg.lenient)["metrics"]
-        self.model.train()
-        best = st["best"]
-        improved = set()
-        if metrics.get("BLEU-2", -1) > best.get("BLEU-2", -1):
-            best["BLEU-2"] = metrics["BLEU-2"]
-            improved.add("BLEU-2")
-        if "FID" in metrics and metrics["FID"] < best.get("FID", float("inf")):
-            best["FID"] = metrics["FID"]
-            improved.add("FID")
-        st["history"].append({"epoch": st["epoch"], "step": st["global_step"], **metrics})
-        self.acc.print(f"[dev] epoch {st['epoch']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
-                                                                   if isinstance(v, float)))
-        for side in self.sides:
-            if side in st["stopped_sides"]:
-                continue
-            better = improved & set(self.WATCH[side])
-            st["bad_epochs"][side] = 0 if better else st["bad_epochs"][side] + 1
-            if self.acc.is_main_process and (("BLEU-2" in better) if side == "joint" else better):
-                self._save_model(self.out / "best", self.SAVES[side])
-            if st["bad_epochs"][side] >= self.recipe.early_stopping_patience:
-                st["stopped_sides"].append(side)
-                for g in self.opt.param_groups:           # from now on this side takes no step
-                    if side in ("joint", g["side"]):
-                        g["lr"] = 0.0
-                self.acc.print(f"[train] {side} side: no better dev {' or '.join(self.WATCH[side])} for "
-                               f"{st['bad_epochs'][side]} epochs; it stops here")
-        if len(st["stopped_sides"]) == len(self.sides):
-            watched = " or ".join(dict.fromkeys(m for side in self.sides for m in self.WATCH[side]))
-            st["stopped"] = f"early stopping: no better dev {watched} for {self.recipe.early_stopping_patience} epochs"
-            return True
-        return False
-
-    def _save_model(self, path: Path, components: tuple[str, ...] | None = None) -> None:
-        """Save a loadable PhotoChatModel folder (LoRA merged into a copy) atomically; with `components`,
-        replace only those folders of an existing one (the pipeline keeps each side's best)."""
-        import shutil as _shutil
-        from .finetune import merge_lora_
-        model = self.unwrapped
-        if any("lora_" in n or "trainable_tokens_" in n for n, _ in model.named_parameters()):
-            model = merge_lora_(_cpu_copy(model))       # on CPU: a 7B copy would not fit next to the live one
-
-        def write(tmp: Path) -> None:
-            if components is not None and (path / "photochat.json").exists():
-                _shutil.copytree(path, tmp, dirs_exist_ok=True)
-            model.save_pretrained(tmp, components=components if (path / "photochat.json").exists() else None)
-        replace_dir(path, write)
-
-    def save_final(self) -> None:
-        """Write final/ (the last weights) and trainer_state.json."""
-        self.acc.wait_for_everyone()
-        if self.cfg.log_ranks:
-            import hashlib
-            h = hashlib.sha256()
-            for name, p in sorted(self.unwrapped.state_dict().items()):
-                h.update(name.encode()), h.update(p.detach().cpu().float().numpy().tobytes())
-            (self.out / f"weights.rank{self.acc.process_index}.sha256").write_text(h.hexdigest())
-        if self.acc.is_main_process:
-            self._save_model(self.out / "final")
-            write_json(self.out / "trainer_state.json", self.state)
-
-
-def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """Return a deep copy of `model` whose parameters and buffers are fresh CPU tensors (no GPU copy made)."""
-    import copy
-    memo = {}
-    for p in model.parameters():
-        memo[id(p)] = torch.nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = b.detach().to("cpu", copy=True)
-    return copy.deepcopy(model, memo)
-
-
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
@@ -700,28 +511,6 @@ def register(subparsers) -> None:
                    help="start afresh even if output_dir already holds a run: deletes the run's own files (checkpoints, "
                         "final/, best/, logs, config.json, trainer_state.json) and refuses if anything else is there")
     p.set_defaults(func=_cli)
-
-
-RUN_FILES = ("config.json", "losses.jsonl", "trainer_state.json", "final", "best", "checkpoint-*", ".tmp-*", "logs",
-             "batches.rank*.jsonl", "weights.rank*.sha256")   # everything a training run writes in output_dir
-
-
-def clear_run(out: Path) -> list[str]:
-    """Delete what an earlier run wrote in `out` (``--overwrite``) and return the names deleted.
-
-    Refuses — a ValueError naming them, nothing deleted — when `out` holds anything a run does not write
-    (data, notes, an evaluation the user put there): ``--output-dir . --overwrite`` must never cost a file.
-    """
-    from fnmatch import fnmatch
-    entries = sorted(out.iterdir())
-    foreign = [p.name for p in entries if not any(fnmatch(p.name, pattern) for pattern in RUN_FILES)]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise ValueError(f"{out} holds files a training run does not write ({shown}); --overwrite deletes only a "
-                         f"run's own files, so move those away or choose another --output-dir")
-    for p in entries:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return [p.name for p in entries]
 
 
 def _cli(args) -> int:
