@@ -42,9 +42,9 @@ from .atomic import write_json
 from .data.collate import CONTEXT_PHOTOS
 from .dvtm import dvtm_average, straight_through_sd
 from .image_generator import ImageGenerator
-from .image_perceptron import ImagePerceptron
+from .image_perceptron import ImagePerceptron, build_image_perceptron
 from .stgs import gumbel_softmax_st
-from .text_generator import placeholder_id, splice_visual_tokens, text_loss
+from .text_generator import load_llm, placeholder_id, splice_visual_tokens, text_loss
 
 MODES = ("end2end", "pipeline")
 
@@ -209,7 +209,6 @@ class PhotoChatModel(nn.Module):
         a truncated weights file raise FileNotFoundError / ValueError naming the folder or file.
         """
         from .hub import find_broken_file, is_training_checkpoint, load_training_checkpoint, resolve_model_path
-        from .presets import load_components
         dtype = overrides.pop("torch_dtype", dtype)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else (None if dtype == "auto" else dtype)
         folder = resolve_model_path(path, revision=revision, token=token)
@@ -259,6 +258,21 @@ class PhotoChatModel(nn.Module):
         from .hub import push_to_hub
         return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
                            run_dir=run_dir)
+
+
+def hf_token() -> str | None:
+    """Return the HF token from the environment (never logged)."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+
+def load_components(llm: str, perceptron: str, sd: str, dtype: torch.dtype | None = None,
+                    token: str | None = None):
+    """Return (llm, tokenizer, perceptron, image_generator) from hub ids or local folders."""
+    token = token if token is not None else hf_token()
+    model, tokenizer = load_llm(llm, token=token, dtype=dtype)
+    vision = build_image_perceptron(perceptron, model.config.hidden_size, token=token, dtype=dtype)
+    generator = ImageGenerator.from_pretrained(sd, token=token, dtype=dtype)
+    return model, tokenizer, vision, generator
 
 
 def llm_gradient_norms(model: PhotoChatModel, batch: dict, tau: float,

@@ -15,7 +15,6 @@ in the same layouts to a temporary folder.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from transformers import (Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, CL
 
 from .image_generator import ImageGenerator
 from .image_perceptron import build_image_perceptron, init_from_scratch
+from .model import PhotoChatConfig, PhotoChatModel, load_components
 from .text_generator import load_llm
 from .tokens import NUM_VISUAL_TOKENS
 
@@ -65,9 +65,6 @@ def get_preset(name: str, **overrides) -> Preset:
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def hf_token() -> str | None:
-    """Return the HF token from the environment (never logged)."""
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
 
 # ----- the toy architectures (nanoGPT-small: seconds per step on a laptop CPU) -----
@@ -232,14 +229,6 @@ def build_config_components(preset: str, seed: int = 0, device: str | torch.devi
     return llm, tokenizer, perceptron, generator
 
 
-def load_components(llm: str, perceptron: str, sd: str, dtype: torch.dtype | None = None,
-                    token: str | None = None):
-    """Return (llm, tokenizer, perceptron, image_generator) from hub ids or local folders."""
-    token = token if token is not None else hf_token()
-    model, tokenizer = load_llm(llm, token=token, dtype=dtype)
-    vision = build_image_perceptron(perceptron, model.config.hidden_size, token=token, dtype=dtype)
-    generator = ImageGenerator.from_pretrained(sd, token=token, dtype=dtype)
-    return model, tokenizer, vision, generator
 
 
 TOY_CHECKPOINT = Path(__file__).parent / "checkpoints" / "toy"             # the toy foundation (Llama/BLIP-2/SD)
@@ -262,7 +251,6 @@ def shipped_toy_checkpoint(which: str = "foundation") -> Path | None:
 def load_toy_model(seed: int = 0, which: str = "foundation", **config):
     """Return a shipped toy model ("load if present": `which` as in `shipped_toy_checkpoint`), else the
     foundation, else a fresh random one."""
-    from .model import PhotoChatConfig, PhotoChatModel
     path = shipped_toy_checkpoint(which) or shipped_toy_checkpoint("foundation")
     if path is not None:
         if which == "end2end" and path != TOY_END2END:
@@ -282,7 +270,6 @@ def build_model(preset: str | Preset = "toy", seed: int = 0, model_config=None, 
     weights, created on `device`; ``smoke`` shrinks them; see `build_config_components`); the toy preset
     is always random here.
     """
-    from .model import PhotoChatConfig, PhotoChatModel
     p = preset if isinstance(preset, Preset) else get_preset(preset, **overrides)
     config = model_config or PhotoChatConfig(preset=p.name)
     if p.llm is None and p.perceptron is None and p.sd is None:
