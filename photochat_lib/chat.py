@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from .cliutil import at_least, non_negative
 from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
 
@@ -24,9 +25,9 @@ def register(subparsers) -> None:
                    help="a PhotoChatModel folder, e.g. runs/e2e/final (default: the shipped toy model trained end "
                         "to end, photochat_lib/checkpoints/toy-end2end)")
     p.add_argument("--out", default="chat_photos", help="folder where the photos the model shares are saved")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="longest reply, in LLM tokens")
-    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="denoising steps per drawn photo")
-    p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=48, help="longest reply, in LLM tokens")
+    p.add_argument("--steps", type=at_least(1), default=SAMPLER_STEPS, help="denoising steps per drawn photo")
+    p.add_argument("--guidance", type=non_negative, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
     p.add_argument("--decoding", choices=["greedy", "sample"], default="greedy",
                    help="greedy: the most likely token at every step; sample: draw each token from p (§2.2)")
     p.add_argument("--sample", action="store_const", const="sample", dest="decoding", help=argparse.SUPPRESS)

@@ -54,6 +54,31 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
             parser.add_argument(alias, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **action)
 
 
+def at_least(low: int):
+    """Return an argparse `type` for integers >= low: a nonsense value stops at parse time, in one line."""
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    check.__name__ = f"integer >= {low}"
+    return check
+
+
+def non_negative(text: str) -> float:
+    """argparse `type` for a float >= 0 (a guidance scale, a timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
     """Return the settings in a YAML/JSON file as `parser` defaults (so flags given on the command line
     override them). A run's saved ``config.json`` works as it is: its ``"train"`` section is read.

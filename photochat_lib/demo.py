@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+from .cliutil import at_least
+
 MODES = ("end2end", "pipeline")
 COLUMNS = [("BLEU-1", "BLEU-1"), ("BLEU-2", "BLEU-2"), ("Rouge-L", "Rouge-L"), ("IS", "IS_mean"), ("FID ↓", "FID"),
            ("attr. acc.", "attr_acc"), ("share F1", "share F1"), ("caption exact", "caption_exact"),
@@ -46,12 +48,12 @@ def register(subparsers) -> None:
     p.add_argument("--runs", default="runs/toy", help="where each training run and its evaluation go")
     p.add_argument("--reports", default="reports", help="where toy_results.md/.json and toy_samples.png go")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (the paper uses three)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=at_least(1), default=None,
                    help="optimizer steps per training run (default: the toy recipe's max_steps)")
-    p.add_argument("--train-samples", type=int, default=None,
+    p.add_argument("--train-samples", type=at_least(1), default=None,
                    help="training samples per run (a seeded subset of the toy train split; default: all)")
-    p.add_argument("--eval-samples", type=int, default=120, help="test samples per evaluation (half share a photo)")
-    p.add_argument("--denoise-steps", type=int, default=20, help="denoising steps per drawn photo at evaluation")
+    p.add_argument("--eval-samples", type=at_least(2), default=120, help="test samples per evaluation (half share a photo)")
+    p.add_argument("--denoise-steps", type=at_least(1), default=20, help="denoising steps per drawn photo at evaluation")
     p.add_argument("--decoding", choices=DECODING, default="greedy", help="how replies are decoded (see the report)")
     p.add_argument("--pipeline-context", choices=["caption", "perceptron"], default="caption",
                    help="how the pipeline's LLM sees context photos: as their captions (the paper's pipeline) "

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .atomic import safe_name, write_json, write_jsonl
-from .cliutil import progress_bar
+from .cliutil import at_least, non_negative, progress_bar
 from .sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
 
@@ -193,10 +193,10 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="toy", choices=["toy", "colab", "paper"],
                    help="toy uses the toy feature extractor for IS/FID; others use InceptionV3")
     p.add_argument("--out", required=True, help="output folder: predictions.jsonl, metrics.json, images/")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset (half photo-sharing)")
+    p.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate a seeded subset (half photo-sharing)")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and for sampling")
-    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="denoising steps per drawn photo")
-    p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=at_least(1), default=SAMPLER_STEPS, help="denoising steps per drawn photo")
+    p.add_argument("--guidance", type=non_negative, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
     p.add_argument("--decoding", choices=DECODING, default="greedy",
                    help="greedy: the argmax token at every step (the default: deterministic, so seeds differ "
                         "only by training); sample: draw each token from p, as the paper's §2.2 describes")
@@ -223,4 +223,6 @@ def _cli(args) -> int:
         print(f"[evaluate] {path}: " + ", ".join(f"{k} {v:.2f}" for k, v in res["metrics"].items()))
     if len(runs) > 1:
         write_json(out / "metrics.json", {"per_model": dict(zip(args.model, runs)), "mean_std": aggregate(runs)})
+    print(f"[evaluate] wrote {out}: metrics.json, predictions.jsonl and the drawn photos in images/"
+          + (" (one model<k>/ folder per model)" if len(runs) > 1 else ""))
     return 0

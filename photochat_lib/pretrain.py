@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .atomic import replace_dir, write_json
-from .cliutil import progress_bar
+from .cliutil import at_least, progress_bar
 from .data.collate import Collator
 from .tokens import IGNORE_INDEX
 from .data.samples import Sample
@@ -345,17 +345,17 @@ def register(subparsers) -> None:
                    "LLM already in OUT/llm (frozen, as BLIP-2's stage 2), 'end2end' trains OUT's foundation end to "
                    "end on the toy world and writes it next to OUT (default: all stages, in the order llm, "
                    "perceptron, sd, classifier, end2end).")
-    p.add_argument("--llm-steps", type=int, default=LLMPretrainConfig.steps,
+    p.add_argument("--llm-steps", type=at_least(1), default=LLMPretrainConfig.steps,
                    help=f"Optimizer steps of the LLM stage (default: {LLMPretrainConfig.steps}).")
-    p.add_argument("--perceptron-steps", type=int, default=PerceptronPretrainConfig.steps,
+    p.add_argument("--perceptron-steps", type=at_least(1), default=PerceptronPretrainConfig.steps,
                    help=f"Optimizer steps of the perceptron stage (default: {PerceptronPretrainConfig.steps}).")
-    p.add_argument("--sd-vae-steps", type=int, default=None, help="Optimizer steps of the image generator's "
+    p.add_argument("--sd-vae-steps", type=at_least(1), default=None, help="Optimizer steps of the image generator's "
                    "VAE (default: pretrain_sd's own default).")
-    p.add_argument("--sd-unet-steps", type=int, default=None, help="Optimizer steps of the image generator's "
+    p.add_argument("--sd-unet-steps", type=at_least(1), default=None, help="Optimizer steps of the image generator's "
                    "UNet (default: pretrain_sd's own default).")
-    p.add_argument("--classifier-steps", type=int, default=None, help="Optimizer steps of the toy classifier "
+    p.add_argument("--classifier-steps", type=at_least(1), default=None, help="Optimizer steps of the toy classifier "
                    "(default: toy_classifier's own default).")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of the llm/perceptron/classifier "
+    p.add_argument("--threads", type=at_least(1), default=1, help="torch CPU threads of the llm/perceptron/classifier "
                    "stages (default: 1: these tiny models gain little from more, and the thread count changes "
                    "float summation order, so the shipped weights are reproduced with 1).")
     p.add_argument("--no-progress", action="store_true", help="Hide the tqdm progress bars.")

@@ -301,3 +301,19 @@ def test_a_small_demo_run_is_quiet_off_a_terminal(tmp_path):
     assert len(lines) < 60, text
     for noise in ("Loading weights", "Writing model shards", "kept in float32", "Warning", "warn"):
         assert noise not in text, text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["evaluate", "--model", "m", "--out", "o", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["evaluate", "--model", "m", "--out", "o", "--max-samples", "-5"], "argument --max-samples: must be >= 1"),
+    (["evaluate", "--model", "m", "--out", "o", "--guidance", "-1"], "argument --guidance: must be >= 0"),
+    (["chat", "--max-new-tokens", "0"], "argument --max-new-tokens: must be >= 1"),
+    (["demo", "--eval-samples", "1"], "argument --eval-samples: must be >= 2"),
+    (["demo", "--steps", "x"], "argument --steps: expected an integer, got 'x'"),
+    (["pretrain", "--threads", "0"], "argument --threads: must be >= 1"),
+])
+def test_every_commands_numeric_flags_are_range_checked_at_parse_time(argv, message, capsys):
+    """Not only train's: evaluate, chat, demo and pretrain refuse nonsense numbers before any work (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
