@@ -249,31 +249,3 @@ def test_images_any_mode_to_rgb(tmp_path):
     assert transparent.getpixel((0, 0)) == (255, 255, 255)
     y = sd_image_transform(4)(Image.new("RGB", (9, 5), (255, 0, 0)))
     assert torch.allclose(y[0], torch.ones(4, 4)) and torch.allclose(y[1], -torch.ones(4, 4))
-
-
-def test_perceptron_transform_is_blip2s_own_processor(tmp_path):
-    """The real presets' ViT sees photos exactly as BLIP-2 was trained on them: Blip2Processor, built offline from
-    the shipped copy of the checkpoint's preprocessor_config.json, resizes straight to 224² (no centre crop: the
-    hand-written transform it replaces cropped wide photos) and composites transparency onto white."""
-    import json
-    import shutil
-
-    import numpy as np
-    from transformers import Blip2Processor, BlipImageProcessor
-
-    from photochat_lib.data.images import BLIP2_PREPROCESSOR, resize_center_crop
-    from photochat_lib.toy_tokenizers import build_llm_tokenizer
-    shutil.copy(BLIP2_PREPROCESSOR, tmp_path / "preprocessor_config.json")
-    processor = Blip2Processor(image_processor=BlipImageProcessor.from_pretrained(tmp_path),
-                               tokenizer=build_llm_tokenizer(), num_query_tokens=32)
-    rng = np.random.default_rng(0)
-    wide = Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8))
-    clear = Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), mode="RGBA")
-    for img in (wide, clear, wide.convert("L")):
-        ours = image_transform(224)(img)
-        assert ours.shape == (3, 224, 224)
-        assert torch.equal(ours, processor(images=img, return_tensors="pt")["pixel_values"][0])
-    cropped = np.asarray(resize_center_crop(wide, 224), dtype=np.float32)    # what the old transform fed the ViT
-    squeezed = np.asarray(wide.resize((224, 224), Image.BICUBIC), dtype=np.float32)
-    assert np.abs(cropped - squeezed).mean() > 10
-    assert json.loads(BLIP2_PREPROCESSOR.read_text())["size"] == {"height": 224, "width": 224}

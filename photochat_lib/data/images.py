@@ -1,5 +1,4 @@
-"""Image loading and the two image transforms: the perceptron's input (BLIP-2's own image processor) and
-the diffusion target (resize, centre crop, pixels in [-1, 1]).
+"""Image loading and the two default image transforms (perceptron input, diffusion target).
 
 Every photo the project reads goes through :func:`load_image`, so training, evaluation, chat and the
 up-front check (``data stats --check-images``, ``train``) agree on what a good image is: a file PIL can
@@ -8,16 +7,17 @@ load (the models see 224² and 512² at most), not rejected.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from photochat_lib.data.schema import Photo
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # BLIP-2's ViT (EVA-CLIP) normalisation
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -88,11 +88,10 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 @dataclass
 class ImageTransform:
-    """PIL image (any mode) -> normalised FloatTensor (3, size, size): shorter side resized (bicubic), then
-    centre-cropped, as diffusers' text-to-image training prepares its targets (the diffusion target below)."""
-    size: int = 512                                  # output side (SD-2.1-base: 512; toy: 32)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel mean subtracted after scaling to [0, 1]
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)   # per-channel std divided by
+    """PIL image (any mode) -> normalised FloatTensor (3, size, size), for the image perceptron."""
+    size: int = 224                                  # output side (BLIP-2: 224; toy: 32)
+    mean: tuple[float, float, float] = CLIP_MEAN    # per-channel mean subtracted after scaling to [0, 1]
+    std: tuple[float, float, float] = CLIP_STD      # per-channel std divided by
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Return the normalised tensor (3, size, size)."""
@@ -103,38 +102,11 @@ class ImageTransform:
         return (x - mean) / std
 
 
-BLIP2_PREPROCESSOR = Path(__file__).resolve().parents[1] / "configs" / "blip2_preprocessor.json"
-
-
-class Blip2ImageTransform:
-    """PIL image (any mode) -> (3, size, size): exactly what BLIP-2's own image processor gives the ViT.
-
-    BLIP-2 resizes straight to the ViT's square (bicubic, no crop: a wide photo is squeezed, not cut),
-    composites transparency onto white, and normalises with CLIP's mean and std. Rather than re-implement
-    that, this calls transformers' ``BlipImageProcessor`` configured by the shipped copy of
-    Salesforce/blip2-opt-2.7b-coco's ``preprocessor_config.json``, at the preset's side (224; toy 32).
-    """
-
-    def __init__(self, size: int = 224):
-        from transformers import BlipImageProcessor
-        config = json.loads(BLIP2_PREPROCESSOR.read_text())
-        config = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("image_processor_type",
-                                                                                       "processor_class")}
-        self.size = size
-        self.processor = BlipImageProcessor(**{**config, "size": {"height": size, "width": size}})
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        """Return the normalised tensor (3, size, size)."""
-        return self.processor(images=img, return_tensors="pt")["pixel_values"][0]   # (3, size, size)
-
-
-def image_transform(size: int = 224) -> Blip2ImageTransform:
-    """Return the perceptron transform: BLIP-2's image processor at side `size`."""
-    return Blip2ImageTransform(size=size)
+def image_transform(size: int = 224) -> ImageTransform:
+    """Return the default perceptron transform (resize, centre crop, CLIP normalisation)."""
+    return ImageTransform(size=size)
 
 
 def sd_image_transform(size: int = 512) -> ImageTransform:
-    """Return the diffusion target transform: pixels in [-1, 1], as Stable Diffusion's VAE expects (kept by
-    hand: three lines, and diffusers ships no processor for training targets; its examples use torchvision's
-    Resize + CenterCrop + Normalize([0.5], [0.5]), which this matches)."""
+    """Return the diffusion target transform: pixels in [-1, 1], as Stable Diffusion's VAE expects."""
     return ImageTransform(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
