@@ -141,8 +141,10 @@ def main(argv=None) -> int:
     from photochat_lib.data.toy_world import write_toy_dataset
     from photochat_lib.memory import estimate
     from photochat_lib.recipe import get_recipe
+    from photochat_lib.steptime import step_cost
     recipe = get_recipe(args.preset)
     est = estimate(args.preset)
+    cost = step_cost(args.preset)                   # FLOPs at the same shapes -> an s/step band per GPU
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,9 +165,14 @@ def main(argv=None) -> int:
               f"{r['skipped']:8d}")
     print(f"estimate-memory --preset {args.preset}: {est.total_gb:.2f} GiB (incl. 1 GiB CUDA context and a 10 % "
           f"margin); target ≤ 30 GB so that it fits a 32 GB V100")
+    bands = {gpu: cost.seconds(gpu) for gpu in ("V100 32GB", "T4 16GB")}
+    print(f"estimated s/step ({cost.step_tflops:.4g} TFLOPs per optimizer step at 50–25 % of peak): "
+          + "; ".join(f"{gpu} {fast:.3g}–{slow:.3g}" for gpu, (fast, slow) in bands.items())
+          + " (the measured s/step above is per optimizer step too)")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "torch": torch.__version__,
-                                               "estimate_gib": est.total_gb, "results": results}, indent=2))
+                                               "estimate_gib": est.total_gb, "estimate_step_s": bands,
+                                               "results": results}, indent=2))
     return 0
 
 
