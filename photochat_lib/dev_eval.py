@@ -9,8 +9,6 @@ replies and photos go to the trackers every ``validation_steps``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 
@@ -24,11 +22,11 @@ class DevEvaluation:
     def _end_of_epoch(self) -> bool:
         """Evaluate on dev, update each side's early stopping; return True when every side has stopped."""
         cfg, st = self.cfg, self.state
-        if not cfg.eval_every_epochs or st["epoch"] % cfg.eval_every_epochs or not (Path(cfg.data) / "dev").exists():
+        if not cfg.eval_every_epochs or st["epoch"] % cfg.eval_every_epochs or self.dev is None:
             return False
         from .evaluate import evaluate_model
         metrics = evaluate_model(self.unwrapped, cfg.data, "dev", preset=cfg.preset, max_samples=cfg.eval_samples,
-                                 seed=cfg.seed, accelerator=self.acc, lenient=cfg.lenient)["metrics"]
+                                 seed=cfg.seed, accelerator=self.acc, dialogues=self.dev)["metrics"]
         self.model.train()
         best = st["best"]
         improved = set()

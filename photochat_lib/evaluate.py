@@ -150,15 +150,17 @@ def oracle_metrics(generator, data: str | Path, split: str = "test", max_samples
 
 def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "toy", max_samples: int | None = None,
                    seed: int = 0, out_dir: str | Path | None = None, accelerator=None, progress: bool = False,
-                   lenient: bool = False, **gen_kwargs) -> dict:
+                   lenient: bool = False, dialogues=None, **gen_kwargs) -> dict:
     """Return {"metrics", "records"} for a model on a data split; write files when out_dir is given.
 
     Every photo of the split is decoded before any generation: a bad one is a DataError naming the
     dialogue and path, or (``lenient``) its dialogue is skipped with a warning that counts them.
+    ``dialogues``: the split already read and checked (the trainer's dev set, evaluated every epoch).
     """
     from .data.photochat import read_photochat
     from .data.samples import make_samples
-    dialogues = read_photochat(Path(data) / split, check_images=True, lenient=lenient)
+    if dialogues is None:
+        dialogues = read_photochat(Path(data) / split, check_images=True, lenient=lenient)
     samples = select_samples(make_samples(dialogues), max_samples, seed)
     if accelerator is not None and not accelerator.is_main_process:
         return {"metrics": {}, "records": []}

@@ -210,7 +210,8 @@ class PhotoChatModel(nn.Module):
         """
         from .hub import find_broken_file, is_training_checkpoint, load_training_checkpoint, resolve_model_path
         dtype = overrides.pop("torch_dtype", dtype)
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else (None if dtype == "auto" else dtype)
+        if isinstance(dtype, str):                   # "float16", or "auto": as stored
+            dtype = None if dtype == "auto" else getattr(torch, dtype)
         folder = resolve_model_path(path, revision=revision, token=token)
         if is_training_checkpoint(folder):
             model = load_training_checkpoint(folder, **overrides)

@@ -275,14 +275,14 @@ class Trainer(RunFolder, DevEvaluation):
         self.trainable = apply_recipe(model, self.recipe, weight_dtype)
         dialogues, train_report = read_split(cfg, "train")       # every photo checked before step 1
         self.reports = {"train": train_report}
-        if cfg.eval_every_epochs and (Path(cfg.data) / "dev").exists():
-            self.reports["dev"] = read_split(cfg, "dev")[1]         # dev's photos too: not a crash after epoch 1
+        self.dev = None                           # dev, read and checked once: evaluated every epoch, validated
+        if (cfg.eval_every_epochs or cfg.report_to) and (Path(cfg.data) / "dev").exists():
+            self.dev, self.reports["dev"] = read_split(cfg, "dev")  # its photos too: not a crash after epoch 1
         self.train_ds, loader = make_loader(cfg, self.recipe, model, "train", dialogues)
         self.validation = []                      # dev contexts whose replies are drawn for the trackers
-        if cfg.report_to and (Path(cfg.data) / "dev").exists():
+        if cfg.report_to and self.dev is not None:
             from .data.samples import make_samples
-            dev = [s for s in make_samples(read_split(cfg, "dev")[0]) if s.shares_photo]
-            self.validation = dev[: cfg.validation_samples]
+            self.validation = [s for s in make_samples(self.dev) if s.shares_photo][: cfg.validation_samples]
         unique = list({s.id: s for s in self.train_ds.samples}.values())
         self.cuts = loader.collate_fn.cut_report(unique)   # what the recipe's limits cut (a too-long response: DataError)
         # §3.1.4: the pipeline "trains them separately": its dialogue side (LLM + perceptron) and its image
@@ -529,8 +529,7 @@ def _cli(args) -> int:
             raise ValueError(f"{out} already holds a run; use --resume-from-checkpoint latest or --overwrite")
         removed = clear_run(out)
         print(f"[train] --overwrite: removed {len(removed)} entries of the earlier run in {out}")
-    check_resume(cfg)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg)                             # refuses a changed resume (check_resume) before any work
     print(trainer.summary())
     try:
         state = trainer.train()
