@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     from photochat_lib.data.photochat import read_photochat
     from photochat_lib.data.samples import make_samples
     from photochat_lib.data.schema import Turn
-    from photochat_lib.generation import Segment, draw_photos, generate_batch
-    from photochat_lib.model import PhotoChatModel
+    from photochat_lib.model.generation import Segment, draw_photos, generate_batch
+    from photochat_lib.model.photochat_model import PhotoChatModel
     from photochat_lib.presets import load_toy_model
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from photochat_lib.profiling import fmt_bytes, reset_peak_rss, rss_bytes
+from photochat_lib.utils.profiling import fmt_bytes, reset_peak_rss, rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,8 +50,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     """Time forward + backward of one method; return times (s) and peak extra memory (bytes)."""
     import torch
 
-    from photochat_lib.dvtm import dvtm_average
-    from photochat_lib.stgs import gumbel_softmax_st
+    from photochat_lib.model.dvtm import dvtm_average
+    from photochat_lib.model.stgs import gumbel_softmax_st
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
 The issue's GPU check. No weights are downloaded: `photochat_lib.presets.build_config_components`
 builds Llama-2-7b-chat, BLIP-2's ViT-g + Q-Former and stable-diffusion-2-1-base from the configs
 shipped in photochat_lib/configs/, with random weights, directly on the GPU in fp16 (as
-`load_components(dtype=float16)` would load them). The trainer is `photochat_lib.train.Trainer`,
+`load_components(dtype=float16)` would load them). The trainer is `photochat_lib.training.train.Trainer`,
 unchanged, with the paper recipe (`photochat_lib.recipe.RECIPES["paper"]`): fp16 autocast + gradient
 scaling, LLM and UNet LoRA, Q-Former + projection trained in fp32, ViT / text encoder / VAE frozen,
 gradient checkpointing, micro-batch 4 × 8 accumulation = batch 32, AdamW lr 5e-5.
@@ -53,7 +53,7 @@ class WorstCaseBatches:
         return self.collate.cut_report(samples)
 
     def __call__(self, items):
-        from photochat_lib.tokens import IGNORE_INDEX, NUM_VISUAL_TOKENS
+        from photochat_lib.data.tokens import IGNORE_INDEX, NUM_VISUAL_TOKENS
         b = self.collate(items)
         B, k = b["input_ids"].shape[0], self.n_photos * NUM_VISUAL_TOKENS
         n = b["attention_mask"].sum(1)                                          # (B,) real tokens per row
@@ -79,9 +79,9 @@ class WorstCaseBatches:
 
 def run_mode(mode: str, args, data: Path, out: Path) -> dict:
     """Build the preset on the device, train `args.steps` optimizer steps, return the measurements."""
-    import photochat_lib.train as T
+    import photochat_lib.training.train as T
     from photochat_lib.presets import get_preset
-    from photochat_lib.text_generator import placeholder_id
+    from photochat_lib.model.text_generator import placeholder_id
 
     preset = get_preset(args.preset)
     real_make_loader = T.make_loader
@@ -139,9 +139,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and not args.smoke:
         p.error("no GPU: this benchmark needs CUDA (or --smoke to check the script on a CPU)")
     from photochat_lib.data.toy_world import write_toy_dataset
-    from photochat_lib.memory import estimate
+    from photochat_lib.training.memory import estimate
     from photochat_lib.recipe import get_recipe
-    from photochat_lib.steptime import step_cost
+    from photochat_lib.training.steptime import step_cost
     recipe = get_recipe(args.preset)
     est = estimate(args.preset)
     cost = step_cost(args.preset)                   # FLOPs at the same shapes -> an s/step band per GPU

@@ -4,7 +4,7 @@ Draws n fresh captions with the default sampler and asks the shipped toy-world c
 photo shows exactly the asked-for (colour, shape) set; also reports how many of the VAE's own
 reconstructions of real photos pass the same judge (an upper bound for the whole model).
 
-    python benchmarks/toy_sd_accuracy.py [--n 200] [--model photochat_lib/checkpoints/toy/sd]
+    python benchmarks/toy_sd_accuracy.py [--n 200] [--model photochat_lib/toy/checkpoints/toy/sd]
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import argparse
 import sys
 import time
 
-from photochat_lib.pretrain_sd import TARGET_EXACT_MATCH, evaluate_generator, evaluate_vae
-from photochat_lib.presets import TOY_CHECKPOINT
+from photochat_lib.toy.pretrain_sd import TARGET_EXACT_MATCH, evaluate_generator, evaluate_vae
+from photochat_lib.toy.foundation import TOY_CHECKPOINT
 
 
 def main(argv=None) -> int:
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from photochat_lib.image_generator import ImageGenerator
+    from photochat_lib.model.image_generator import ImageGenerator
     gen = ImageGenerator.from_pretrained(args.model).eval()
     t = time.perf_counter()
     with torch.no_grad():

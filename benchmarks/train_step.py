@@ -33,11 +33,12 @@ def parse_args(argv=None):
 def worker(args) -> dict:
     import torch
 
-    from photochat_lib.data.collate import Collator, PhotoChatDataset
+    from photochat_lib.data.collate import PhotoChatDataset
+    from photochat_lib.presets import collator_for
     from photochat_lib.data.photochat import read_photochat
     from photochat_lib.data.samples import make_samples
     from photochat_lib.presets import load_toy_model
-    from photochat_lib.profiling import PeakMemory
+    from photochat_lib.utils.profiling import PeakMemory
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -46,7 +47,7 @@ def worker(args) -> dict:
     text = [s for s in samples if not s.shares_photo][: args.batch * (args.steps + 2)]
     model = load_toy_model(mode=args.worker)
     model.train()
-    collate = Collator.for_model(model, "toy")
+    collate = collator_for(model, "toy")
     half = args.batch // 2
     ds_p, ds_t = PhotoChatDataset(photo), PhotoChatDataset(text)
     batches = [collate([ds_p[k * half + i] for i in range(half)] + [ds_t[k * half + i] for i in range(args.batch - half)])
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     if not (Path(args.data) / "train").exists():
         from photochat_lib.data.toy_world import write_toy_dataset
         write_toy_dataset(args.data, seed=0)
-    from photochat_lib.profiling import fmt_bytes
+    from photochat_lib.utils.profiling import fmt_bytes
     res = {}
     for mode in ("end2end", "pipeline"):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, f"--steps={args.steps}",

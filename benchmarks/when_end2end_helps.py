@@ -70,7 +70,7 @@ def arm_name(mode: str, alpha: float = 1.0, source: str = "gold", supervision: f
 
 def train_to(args, name: str, seed: int, steps: int, **cfg) -> Path:
     """Train (or resume) the run `name` up to `steps` optimizer steps; return its folder (final/ inside)."""
-    from photochat_lib.train import TrainConfig, Trainer
+    from photochat_lib.training.train import TrainConfig, Trainer
     run = Path(args.runs) / f"{name}-seed{seed}"
     state = run / "trainer_state.json"
     done = json.loads(state.read_text())["global_step"] if state.exists() else 0
@@ -88,8 +88,8 @@ def measure(args, run: Path, step: int, seed: int, batch) -> dict:
     """Return caption exact / attribute accuracy / share F1 on the test subset, and the gradient norms."""
     import torch
 
-    from photochat_lib.evaluate import evaluate_model
-    from photochat_lib.model import PhotoChatModel, llm_gradient_norms
+    from photochat_lib.evaluation.evaluate import evaluate_model
+    from photochat_lib.model.photochat_model import PhotoChatModel, llm_gradient_norms
     cache = run / f"study-step{step}.json"
     if cache.exists():
         return json.loads(cache.read_text())
@@ -109,19 +109,20 @@ def measure(args, run: Path, step: int, seed: int, batch) -> dict:
 
 def fixed_batch(args):
     """Return one collated batch of 8 photo-sharing training samples (the gradient probe)."""
-    from photochat_lib.data.collate import Collator, PhotoChatDataset
+    from photochat_lib.data.collate import PhotoChatDataset
+    from photochat_lib.presets import collator_for
     from photochat_lib.data.photochat import read_photochat
     from photochat_lib.data.samples import make_samples
-    from photochat_lib.model import PhotoChatModel
+    from photochat_lib.model.photochat_model import PhotoChatModel
     from photochat_lib.presets import load_toy_model
     samples = [s for s in make_samples(read_photochat(Path(args.data) / "train")) if s.shares_photo][:8]
     model = PhotoChatModel.from_pretrained(args.init) if args.init else load_toy_model()
     ds = PhotoChatDataset(samples)
-    return Collator.for_model(model, "toy")([ds[i] for i in range(len(ds))])
+    return collator_for(model, "toy")([ds[i] for i in range(len(ds))])
 
 
 def summarise(values: list[float]) -> str:
-    from photochat_lib.metrics import format_mean_std, mean_std
+    from photochat_lib.evaluation.metrics import format_mean_std, mean_std
     if len(values) == 1:
         return f"{values[0]:.1f}"                # one seed: no spread to show
     s = mean_std([{"v": v} for v in values])["v"]
@@ -181,8 +182,8 @@ def main(argv=None) -> int:
 
 def report(args, results: dict) -> None:
     """Write the json, the markdown table and the figure; print the table."""
-    from photochat_lib.atomic import write_json, write_text
-    from photochat_lib.metrics import paired_difference
+    from photochat_lib.utils.atomic import write_json, write_text
+    from photochat_lib.evaluation.metrics import paired_difference
     out = Path(args.reports)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "when_end2end_helps.json", results)

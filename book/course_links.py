@@ -109,7 +109,7 @@ def check() -> list[str]:
 
 def apply() -> list[str]:
     """Rewrite every link that differs from the setting; return what changed."""
-    from photochat_lib.atomic import write_text   # a half-written notebook would lose the course's outputs
+    from photochat_lib.utils.atomic import write_text   # a half-written notebook would lose the course's outputs
     s = settings()
     changed = []
     for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):

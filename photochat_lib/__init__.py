@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "PhotoChatModel": "model",
-    "PhotoChatConfig": "model",
-    "generate": "generation",
-    "generate_batch": "generation",
-    "Reply": "generation",
+    "PhotoChatModel": "model.photochat_model",
+    "PhotoChatConfig": "model.photochat_model",
+    "generate": "model.generation",
+    "generate_batch": "model.generation",
+    "Reply": "model.generation",
     "load_toy_model": "presets",
     "build_model": "presets",
-    "TrainConfig": "train",
-    "Trainer": "train",
-    "evaluate_model": "evaluate",
-    "model_card": "hub",
+    "TrainConfig": "training.train",
+    "Trainer": "training.train",
+    "evaluate_model": "evaluation.evaluate",
+    "model_card": "model.hub",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -45,9 +45,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:                            # what static tools and IDEs see
-    from .evaluate import evaluate_model
-    from .generation import Reply, generate, generate_batch
-    from .hub import model_card
-    from .model import PhotoChatConfig, PhotoChatModel
-    from .presets import build_model, load_toy_model
-    from .train import TrainConfig, Trainer
+    from photochat_lib.evaluation.evaluate import evaluate_model
+    from photochat_lib.model.generation import Reply, generate, generate_batch
+    from photochat_lib.model.hub import model_card
+    from photochat_lib.model.photochat_model import PhotoChatConfig, PhotoChatModel
+    from photochat_lib.presets import build_model, load_toy_model
+    from photochat_lib.training.train import TrainConfig, Trainer

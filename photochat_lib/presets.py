@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import (Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, CLIPTextConfig,
-                          CLIPTextModel, LlamaConfig)
+from transformers import LlamaConfig
 
-from .image_generator import ImageGenerator
-from .image_perceptron import build_image_perceptron, init_from_scratch
-from .model import PhotoChatConfig, PhotoChatModel, load_components
-from .text_generator import load_llm
-from .tokens import NUM_VISUAL_TOKENS
+from photochat_lib.data.collate import Collator
+from photochat_lib.data.images import image_transform, sd_image_transform
+from photochat_lib.data.tokens import NUM_VISUAL_TOKENS, SPECIAL_TOKENS
+from photochat_lib.model.image_generator import ImageGenerator
+from photochat_lib.model.image_perceptron import build_image_perceptron, init_from_scratch
+from photochat_lib.model.photochat_model import PhotoChatConfig, PhotoChatModel, load_components
+from photochat_lib.model.text_generator import load_llm
+from photochat_lib.recipe import TrainingRecipe, get_recipe
+from photochat_lib.toy.foundation import (IMAGE_SIZE, TOY_CHECKPOINT, TOY_END2END, build_toy_components,  # noqa: F401
+                                          shipped_toy_checkpoint)
+from photochat_lib.toy.tokenizers import build_llm_tokenizer, build_sd_tokenizer
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,11 @@ class Preset:
     def max_length(self) -> int:
         """LLM tokens per training sample (context + response, visual tokens included): the recipe's
         ``max_text_length``, the one number the collator enforces and `estimate-memory` assumes."""
-        from .recipe import get_recipe
         return get_recipe(self.name).max_text_length
 
 
 PRESETS = {
-    "toy": Preset("toy", None, None, None, image_size=32, sd_resolution=32),
+    "toy": Preset("toy", None, None, None, image_size=IMAGE_SIZE, sd_resolution=IMAGE_SIZE),
     "colab": Preset("colab", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "Salesforce/blip2-opt-2.7b-coco",
                     "stabilityai/stable-diffusion-2-1-base", dtype="float16"),
     "paper": Preset("paper", "meta-llama/Llama-2-7b-chat-hf", "Salesforce/blip2-opt-2.7b-coco",
@@ -65,65 +67,13 @@ def get_preset(name: str, **overrides) -> Preset:
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-
-
-# ----- the toy architectures (nanoGPT-small: seconds per step on a laptop CPU) -----
-def toy_llm_config(vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> LlamaConfig:
-    """Return a 4-layer, 256-wide Llama config (3 M parameters): deep enough to copy what a dialogue names
-    (copying a list needs heads that compose across layers; the 2-layer, 128-wide one never learned it)."""
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                       pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                       tie_word_embeddings=False)
-
-
-def toy_blip2_config(image_size: int = 32) -> Blip2Config:
-    """Return a BLIP-2 config: 2-layer ViT on 4×4 patches, 2-layer Q-Former with 32 queries.
-
-    4×4 patches (64 per photo): with 8×8 ones a 5-pixel circle and square fall into the same patch features
-    and the perceptron read shapes at chance (see checkpoints/toy/PRETRAIN.md)."""
-    vision = Blip2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, image_size=image_size, patch_size=4)
-    qformer = Blip2QFormerConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, encoder_hidden_size=64, cross_attention_frequency=1,
-                                 vocab_size=64, max_position_embeddings=64)
-    return Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
-                       num_query_tokens=NUM_VISUAL_TOKENS)
-
-
-def toy_image_generator(sd_tokenizer, resolution: int = 32) -> ImageGenerator:
-    """Return a tiny SD: 2-layer CLIP text encoder, 3-level UNet on 16×16 latents, 2-level VAE (÷2)."""
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(sd_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=sd_tokenizer.model_max_length,
-        bos_token_id=sd_tokenizer.bos_token_id, eos_token_id=sd_tokenizer.eos_token_id,
-        pad_token_id=sd_tokenizer.pad_token_id))
-    # ÷2, not SD's ÷8: a 5-pixel shape must survive the latent (see pretrain_sd.py for the measurements)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=resolution,
-                        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        mid_block_add_attention=False)
-    unet = UNet2DConditionModel(sample_size=resolution // 2, in_channels=4, out_channels=4,
-                                block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=64, attention_head_dim=16)
-    # The same noise schedule as stable-diffusion-2-1-base (scaled-linear betas, ε-prediction).
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, prediction_type="epsilon", clip_sample=False)
-    return ImageGenerator(text_encoder, sd_tokenizer, unet, vae, scheduler)
-
-
-def build_toy_components(seed: int = 0):
-    """Return (llm, llm_tokenizer, perceptron, image_generator) of the toy preset, randomly initialised."""
-    from .toy_tokenizers import build_llm_tokenizer, build_sd_tokenizer
-    tokenizer, sd_tokenizer = build_llm_tokenizer(), build_sd_tokenizer()
-    torch.manual_seed(seed)
-    llm, tokenizer = load_llm(toy_llm_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                                             tokenizer.eos_token_id), tokenizer)
-    perceptron = build_image_perceptron(toy_blip2_config(PRESETS["toy"].image_size), llm.config.hidden_size)
-    generator = toy_image_generator(sd_tokenizer, PRESETS["toy"].sd_resolution)
-    return llm, tokenizer, perceptron, generator
+def collator_for(model, preset: str = "toy", recipe: TrainingRecipe | None = None) -> Collator:
+    """Return the collate step for a PhotoChatModel at the preset's image sizes and the training
+    recipe's limits (default: the preset's recipe): ``max_text_length`` and ``max_context_images``."""
+    p, r = get_preset(preset), recipe or get_recipe(preset)
+    return Collator(model.tokenizer, model.image_generator.tokenizer, image_transform(p.image_size),
+                    sd_image_transform(p.sd_resolution), max_length=r.max_text_length,
+                    context_photos=model.context_photos, max_context_images=r.max_context_images)
 
 
 # ----- the real architectures from the shipped configs, with random weights (no download) -----
@@ -202,10 +152,8 @@ def build_config_components(preset: str, seed: int = 0, device: str | torch.devi
     ``smoke=True`` applies `SMOKE_SIZES` (tiny widths, same code paths) for CPU checks.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, CLIPTextConfig, CLIPTextModel
+    from transformers import Blip2Config, CLIPTextConfig, CLIPTextModel
 
-    from .tokens import SPECIAL_TOKENS
-    from .toy_tokenizers import build_llm_tokenizer, build_sd_tokenizer
     if preset not in PRESET_CONFIGS:
         raise ValueError(f"no shipped configs for preset {preset!r}; expected one of {sorted(PRESET_CONFIGS)}")
     cfg = {k: {**load_config(v), **(SMOKE_SIZES.get(v, {}) if smoke else {})}
@@ -227,25 +175,6 @@ def build_config_components(preset: str, seed: int = 0, device: str | torch.devi
                                    AutoencoderKL.from_config(model_kwargs(cfg["vae"])),
                                    DDPMScheduler.from_config(model_kwargs(cfg["scheduler"])))
     return llm, tokenizer, perceptron, generator
-
-
-
-
-TOY_CHECKPOINT = Path(__file__).parent / "checkpoints" / "toy"             # the toy foundation (Llama/BLIP-2/SD)
-TOY_END2END = Path(__file__).parent / "checkpoints" / "toy-end2end"        # trained end to end on the toy world
-
-
-def shipped_toy_checkpoint(which: str = "foundation") -> Path | None:
-    """Return a shipped toy model folder if it is complete, else None.
-
-    which: "foundation" (the pretrained stand-ins joint training starts from) or "end2end" (that
-    foundation trained end to end on the toy world by `photochat pretrain --only end2end`).
-    """
-    folders = {"foundation": TOY_CHECKPOINT, "end2end": TOY_END2END}
-    if which not in folders:
-        raise ValueError(f"which must be one of {sorted(folders)}, got {which!r}")
-    need = ["photochat.json", "llm/config.json", "perceptron/config.json", "sd/unet/config.json"]
-    return folders[which] if all((folders[which] / n).exists() for n in need) else None
 
 
 def load_toy_model(seed: int = 0, which: str = "foundation", **config):

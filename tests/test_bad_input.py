@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from photochat_lib.cli import main
+from photochat_lib.apps.cli import main
 from photochat_lib.data import images as I
 from photochat_lib.data.photochat import read_photochat
 from photochat_lib.data.toy_world import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY_END2END = ROOT / "photochat_lib" / "checkpoints" / "toy-end2end"
+TOY_END2END = ROOT / "photochat_lib" / "toy" / "checkpoints" / "toy-end2end"
 SMALL = ["--max-train-samples", "8", "--micro-batch-size", "4", "--eval-every-epochs", "0", "--no-progress"]
 
 
@@ -119,7 +119,7 @@ def test_chat_survives_a_decompression_bomb_and_a_truncated_photo(tmp_path, monk
     """`/image` with a 14000² PNG raised DecompressionBombError and ended the session."""
     import argparse
 
-    from photochat_lib.chat import register
+    from photochat_lib.apps.chat import register
     Image.new("RGB", (300, 300), "red").save(tmp_path / "big.png")
     Image.effect_noise((100, 100), 50).convert("RGB").save(tmp_path / "small.png")
     data = (tmp_path / "small.png").read_bytes()
@@ -141,7 +141,7 @@ def test_chat_survives_a_decompression_bomb_and_a_truncated_photo(tmp_path, monk
 # ----- model folders: the broken file named, local paths never sent to the Hub -----
 
 def test_truncated_weights_and_broken_configs_name_the_file(tmp_path):
-    from photochat_lib.model import PhotoChatModel
+    from photochat_lib.model.photochat_model import PhotoChatModel
     model = tmp_path / "m"
     shutil.copytree(TOY_END2END, model)
     weights = model / "llm" / "model.safetensors"
@@ -159,8 +159,8 @@ def test_truncated_weights_and_broken_configs_name_the_file(tmp_path):
 def test_local_looking_paths_never_reach_the_hub(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from photochat_lib.hub import looks_local
-    from photochat_lib.model import PhotoChatModel
+    from photochat_lib.model.hub import looks_local
+    from photochat_lib.model.photochat_model import PhotoChatModel
 
     def no_hub(*a, **k):
         raise AssertionError(f"sent to the Hub: {a}")
@@ -183,7 +183,7 @@ def test_hub_ids_load_through_snapshot_download_and_offline_is_one_line(tmp_path
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from photochat_lib.model import PhotoChatModel
+    from photochat_lib.model.photochat_model import PhotoChatModel
     snapshot = tmp_path / "hub" / "models--someone--photochat-toy" / "snapshots" / "abc123"
     shutil.copytree(TOY_END2END, snapshot)                    # a Hub snapshot's layout
     calls = []
@@ -224,9 +224,9 @@ def _all_parsers(parser):
 def test_every_command_spells_its_flags_in_kebab_case_and_old_spellings_still_work():
     import argparse
 
-    from photochat_lib.cli import build_parser
-    from photochat_lib.cliutil import dataclass_from_args
-    from photochat_lib.train import TrainConfig
+    from photochat_lib.apps.cli import build_parser
+    from photochat_lib.utils.cliutil import dataclass_from_args
+    from photochat_lib.training.train import TrainConfig
     parser = build_parser()
     shown = [(p.prog, s) for p in _all_parsers(parser) for a in p._actions if a.help != argparse.SUPPRESS
              for s in a.option_strings if s.startswith("--")]
@@ -241,7 +241,7 @@ def test_every_command_spells_its_flags_in_kebab_case_and_old_spellings_still_wo
 
 
 def test_progress_bars_are_sparse_off_a_terminal():
-    from photochat_lib.cliutil import progress_bar
+    from photochat_lib.utils.cliutil import progress_bar
     log = io.StringIO()
     bar = progress_bar(total=500, file=log)                    # pytest's stderr is not a terminal
     for step in range(500):                                    # as train does: a postfix at every step
@@ -259,7 +259,7 @@ def test_training_casts_without_diffusers_float32_warning():
 
     import torch
 
-    from photochat_lib.finetune import apply_recipe
+    from photochat_lib.training.finetune import apply_recipe
     from photochat_lib.presets import load_toy_model
     from photochat_lib.recipe import get_recipe
     model = load_toy_model(which="end2end", mode="end2end")
@@ -291,7 +291,7 @@ def test_a_small_demo_run_is_quiet_off_a_terminal(tmp_path):
     """A non-interactive `make demo` wrote ~6,400 lines (tqdm refreshes, 66 "Loading weights" bars, 30
     "Writing model shards" bars, float32 warnings). A short demo now writes a few dozen."""
     write_toy_dataset(tmp_path / "toy", seed=0, n_train=24, n_dev=4, n_test=8)
-    p = subprocess.run([sys.executable, "-m", "photochat_lib.cli", "demo", "--data", str(tmp_path / "toy"),
+    p = subprocess.run([sys.executable, "-m", "photochat_lib.apps.cli", "demo", "--data", str(tmp_path / "toy"),
                         "--runs", str(tmp_path / "runs"), "--reports", str(tmp_path / "reports"), "--seeds", "0",
                         "--steps", "2", "--train-samples", "8", "--eval-samples", "4", "--denoise-steps", "2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)

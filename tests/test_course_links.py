@@ -64,4 +64,4 @@ def test_the_install_cell_installs_the_package_from_a_local_clone(tmp_path, way)
                           "--target", str(out), target], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "photochat_lib" / "__init__.py").exists()
-    assert (out / "photochat_lib" / "checkpoints" / "toy-end2end" / "photochat.json").exists()
+    assert (out / "photochat_lib" / "toy" / "checkpoints" / "toy-end2end" / "photochat.json").exists()

@@ -7,8 +7,8 @@ from photochat_lib.data.collate import Collator, PhotoChatDataset
 from photochat_lib.data.images import image_transform, load_image, sd_image_transform, to_rgb
 from photochat_lib.data.samples import dialogue_samples
 from photochat_lib.data.schema import DataError, Dialogue, Photo, Turn
-from photochat_lib.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START
-from photochat_lib.toy_tokenizers import build_llm_tokenizer, build_sd_tokenizer
+from photochat_lib.data.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START
+from photochat_lib.toy.tokenizers import build_llm_tokenizer, build_sd_tokenizer
 
 NV = 4  # visual tokens per context photo in these tests
 
@@ -207,17 +207,17 @@ def test_extra_context_photos_are_dropped_oldest_first_and_counted(toks, dialogu
 def test_training_limits_are_the_recipes_and_estimate_memorys():
     """One source of truth: the collator enforces recipe.max_text_length / max_context_images, which are the
     numbers `estimate-memory` budgets for (training once used the preset's 1,024 tokens and no photo cap)."""
-    from photochat_lib.memory import estimate
-    from photochat_lib.presets import get_preset, load_toy_model
+    from photochat_lib.training.memory import estimate
+    from photochat_lib.presets import collator_for, get_preset, load_toy_model
     from photochat_lib.recipe import get_recipe
     model = load_toy_model(which="end2end")
     for preset in ("toy", "colab", "paper"):
         r = get_recipe(preset)
-        col = Collator.for_model(model, preset)
+        col = collator_for(model, preset)
         assert (col.max_length, col.max_context_images) == (r.max_text_length, r.max_context_images)
         assert get_preset(preset).max_length == r.max_text_length
     est = estimate("paper", gpu_gb=32)
-    col = Collator.for_model(model, "paper")
+    col = collator_for(model, "paper")
     assert (est.recipe.max_text_length, est.recipe.max_context_images) == (col.max_length, col.max_context_images)
     assert f"text {col.max_length} tokens, {col.max_context_images} context photos" in est.table()
 

@@ -19,7 +19,7 @@ SMALL = dict(n_train=12, n_dev=4, n_test=4)
 
 
 def cli_main(argv):
-    """Run `photochat data ...` through data/cli.py's register (as photochat_lib/cli.py does)."""
+    """Run `photochat data ...` through data/cli.py's register (as photochat_lib/apps/cli.py does)."""
     parser = argparse.ArgumentParser(prog="photochat")
     data_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
@@ -120,7 +120,7 @@ def test_data_toy_refuses_a_folder_that_is_not_a_toy_dataset(tmp_path):
     data = tmp_path / "data"
     (data / "photochat" / "train").mkdir(parents=True)
     (data / "photochat" / "manifest.json").write_text("{}")
-    res = subprocess.run([sys.executable, "-m", "photochat_lib.cli", "data", "toy", "--out", str(data), "--n-train", "2",
+    res = subprocess.run([sys.executable, "-m", "photochat_lib.apps.cli", "data", "toy", "--out", str(data), "--n-train", "2",
                           "--n-dev", "1", "--n-test", "1"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "not a toy dataset" in res.stderr and "photochat" in res.stderr, res.stderr
     assert (data / "photochat" / "manifest.json").exists()

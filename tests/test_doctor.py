@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from photochat_lib import doctor
-from photochat_lib.cli import main
+from photochat_lib.utils import doctor
+from photochat_lib.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]          # PyPI's torch 2.14.1 (x86_64)
@@ -160,8 +160,8 @@ def test_train_evaluate_and_chat_stop_at_start_up_with_the_fix(machine, tmp_path
     import argparse
     import io
 
-    from photochat_lib.chat import register
-    from photochat_lib.cli import main
+    from photochat_lib.apps.chat import register
+    from photochat_lib.apps.cli import main
     machine("Tesla V100-SXM2-32GB", (7, 0), CU130)
     for argv in (["train", "--data", str(tmp_path / "none"), "--output-dir", str(tmp_path / "run")],
                  ["evaluate", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "ev")]):

@@ -6,7 +6,7 @@ import torch
 from torch.autograd.gradcheck import GradcheckError
 from torch.profiler import ProfilerActivity, profile
 
-from photochat_lib.dvtm import (
+from photochat_lib.model.dvtm import (
     DVTM_IMPLS,
     apply_vtm,
     dense_bytes,
@@ -18,7 +18,7 @@ from photochat_lib.dvtm import (
     strip_subword_markers,
     word_level_vtm,
 )
-from photochat_lib.stgs import gumbel_softmax_st
+from photochat_lib.model.stgs import gumbel_softmax_st
 
 B, m, V1, V2 = 4, 6, 50, 70
 

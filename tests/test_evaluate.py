@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-import photochat_lib.generation as G
+import photochat_lib.model.generation as G
 from photochat_lib.data.photochat import read_photochat
 from photochat_lib.data.samples import make_samples
 from photochat_lib.data.toy_world import write_toy_dataset
-from photochat_lib.evaluate import evaluate_model, select_samples
+from photochat_lib.evaluation.evaluate import evaluate_model, select_samples
 from photochat_lib.presets import build_model
 
 
@@ -69,7 +69,7 @@ def test_select_samples_balances_photo_and_text_responses(toy):
 def test_oracle_rows_anchor_the_table(toy, model):
     """The demo's anchor rows: reference photos against themselves (FID 0, the judge sees their objects),
     and the image generator on reference and on random captions, on the same photo-sharing subset."""
-    from photochat_lib.evaluate import oracle_metrics
+    from photochat_lib.evaluation.evaluate import oracle_metrics
     rows = oracle_metrics(model.image_generator, toy, "test", num_inference_steps=2)
     n = sum(s.shares_photo for s in make_samples(read_photochat(toy / "test")))
     assert set(rows) == {"reference", "sd_reference_captions", "random_captions"}
@@ -93,7 +93,7 @@ def test_image_names_from_hostile_dialogue_ids_stay_inside_out(tmp_path):
     generation work. Every generated photo now lands in out/images under a plain name."""
     from pathlib import Path
 
-    from photochat_lib.atomic import safe_name
+    from photochat_lib.utils.atomic import safe_name
     from photochat_lib.data.toy_world import write_toy_dataset
     from photochat_lib.presets import load_toy_model
     assert [safe_name(x) for x in ("../../x", "/abs/x", "a/b", "test-00019:3", "..")] == \
@@ -115,7 +115,7 @@ def test_image_names_from_hostile_dialogue_ids_stay_inside_out(tmp_path):
 
 def test_a_wrong_model_folder_is_one_line_with_the_final_hint(tmp_path, capsys):
     """`evaluate --model runs/x` (the run, not its final/) once raised a bare FileNotFoundError traceback."""
-    from photochat_lib.cli import main
+    from photochat_lib.apps.cli import main
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "photochat.json").write_text("{}")
     rc = main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "e")])
@@ -132,7 +132,7 @@ def test_chat_with_a_wrong_model_folder_says_so_in_one_line(tmp_path):
     import argparse
     import io
 
-    from photochat_lib.chat import register
+    from photochat_lib.apps.chat import register
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["chat", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "photos")])

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from photochat_lib.generation import generate
+from photochat_lib.model.generation import generate
 from photochat_lib.presets import build_model
-from photochat_lib.tokens import IMG_END, IMG_START
+from photochat_lib.data.tokens import IMG_END, IMG_START
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_generate_really_runs_the_llm(model, monkeypatch):
 
 def test_batched_generation_equals_one_by_one(model):
     """Left-padded batches must not change greedy replies (padding is masked, positions shifted)."""
-    from photochat_lib.generation import generate_batch
+    from photochat_lib.model.generation import generate_batch
     contexts = [["Hi!"], ["I went to the fair today.", "Oh cool!", "I bought a red ball and a blue box."],
                 ["Look", Image.new("RGB", (32, 32), (200, 30, 30))]]
     together = generate_batch(model, contexts, max_new_tokens=6, draw_images=False)
@@ -88,8 +88,8 @@ def test_pipeline_reads_a_sent_photo_through_its_caption(monkeypatch):
     """pipeline_context="caption": a photo the user sends is captioned (the toy classifier names its objects)
     and written into the prompt as "[IMG] caption[/IMG]"; no visual tokens reach the LLM."""
     from photochat_lib.data.toy_world import ToyObject, draw_photo
-    from photochat_lib.generation import caption_photo
-    from photochat_lib.model import PhotoChatConfig
+    from photochat_lib.model.generation import caption_photo
+    from photochat_lib.model.photochat_model import PhotoChatConfig
     pipe = build_model("toy", seed=0, model_config=PhotoChatConfig(mode="pipeline"))
     assert pipe.context_photos == "caption"
     photo = draw_photo([ToyObject("red", "circle", "ball", "big", "left"),

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from photochat_lib.data.toy_world import write_toy_dataset
-from photochat_lib.image_generator import MODEL_INDEX, ImageGenerator
-from photochat_lib.model import PhotoChatModel
-from photochat_lib.presets import PRESETS, TOY_CHECKPOINT, TOY_END2END, load_toy_model
+from photochat_lib.model.image_generator import MODEL_INDEX, ImageGenerator
+from photochat_lib.model.photochat_model import PhotoChatModel
+from photochat_lib.presets import PRESETS, load_toy_model
+from photochat_lib.toy.foundation import TOY_CHECKPOINT, TOY_END2END
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def test_saved_sd_folder_loads_and_draws_as_a_diffusers_pipeline(toy_model, tmp_
     the same pixels as the model's own sampler (given diffusers' steps_offset=1 fix of an SD-1-era config)."""
     from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionPipeline
 
-    from photochat_lib.generation import draw_captions
+    from photochat_lib.model.generation import draw_captions
     toy_model.save_pretrained(tmp_path / "m")
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "m" / "sd", local_files_only=True)
     assert isinstance(pipe, StableDiffusionPipeline) and type(pipe.scheduler).__name__ == "DDIMScheduler"
@@ -117,10 +118,10 @@ def test_push_to_hub_uploads_the_saved_folder_with_a_model_card(toy_model, monke
 def test_model_card_of_the_paper_preset_names_its_base_models_recipe_and_metrics(tmp_path):
     from huggingface_hub import ModelCard
 
-    from photochat_lib.hub import model_card
-    from photochat_lib.model import PhotoChatConfig
+    from photochat_lib.model.hub import model_card
+    from photochat_lib.model.photochat_model import PhotoChatConfig
     from photochat_lib.recipe import get_recipe
-    from photochat_lib.train import TrainConfig
+    from photochat_lib.training.train import TrainConfig
     folder, run = tmp_path / "final", tmp_path
     folder.mkdir()
     (folder / "photochat.json").write_text(json.dumps(asdict(PhotoChatConfig(preset="paper"))))
@@ -144,7 +145,7 @@ def test_model_card_of_the_paper_preset_names_its_base_models_recipe_and_metrics
 
 # ------------------------------------------------------------------ 3. checkpoint-N/ loads like final/
 def train_toy(data: Path, out: Path) -> Path:
-    from photochat_lib.train import TrainConfig, Trainer
+    from photochat_lib.training.train import TrainConfig, Trainer
     Trainer(TrainConfig(data=str(data), output_dir=str(out), max_train_samples=8, micro_batch_size=4,
                         eval_every_epochs=0, progress=False, max_steps=2, checkpointing_steps=1)).train()
     return out
@@ -187,7 +188,7 @@ def test_last_checkpoint_loads_with_the_weights_of_final(run):
 def test_lora_checkpoint_is_rebuilt_from_the_runs_recipe_and_merged(toy_data, tmp_path, monkeypatch):
     """A run trained with LoRA (a recipe swapped in for the run, as tests/test_train.py does): its checkpoint
     is rebuilt from the recipe config.json recorded (not the preset's current one), and merged like final/."""
-    import photochat_lib.train as T
+    import photochat_lib.training.train as T
     from photochat_lib.recipe import get_recipe
     lora = replace(get_recipe("paper"), preset="toy", mixed_precision="no", micro_batch_size=4, grad_accum_steps=1,
                    llm_gradient_checkpointing=False, unet_gradient_checkpointing=False, lr=1e-2, warmup_steps=1)
@@ -243,7 +244,7 @@ def test_push_to_hub_with_the_run_puts_its_recipe_and_metrics_in_the_card(run, m
 def test_public_names_import_from_the_package():
     import photochat_lib
     from photochat_lib import PhotoChatModel as M, generate
-    from photochat_lib.generation import generate as g
+    from photochat_lib.model.generation import generate as g
     assert M is PhotoChatModel and generate is g
     for name in ("PhotoChatModel", "PhotoChatConfig", "generate", "load_toy_model", "TrainConfig", "Trainer",
                  "evaluate_model"):

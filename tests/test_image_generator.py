@@ -3,8 +3,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from photochat_lib.image_generator import ImageGenerator
-from photochat_lib.presets import build_toy_components
+from photochat_lib.model.image_generator import ImageGenerator
+from photochat_lib.toy.foundation import build_toy_components
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ from diffusers import PNDMScheduler, StableDiffusionPipeline
 from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
                           LlamaForCausalLM, OPTConfig)
 
-from photochat_lib.presets import build_model, build_toy_components, get_preset, load_components, toy_llm_config
-from photochat_lib.tokens import SPECIAL_TOKENS
-from photochat_lib.toy_tokenizers import toy_corpus
+from photochat_lib.presets import build_model, get_preset, load_components
+from photochat_lib.toy.foundation import build_toy_components, toy_llm_config
+from photochat_lib.data.tokens import SPECIAL_TOKENS
+from photochat_lib.toy.tokenizers import toy_corpus
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 

@@ -1,4 +1,4 @@
-"""Tests of the memory estimator (photochat_lib/memory.py), the shipped configs and the recipes."""
+"""Tests of the memory estimator (photochat_lib/training/memory.py), the shipped configs and the recipes."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from photochat_lib import memory
-from photochat_lib.memory import (KNOWN_GPUS, PRESET_CONFIGS, build_meta_components, count_params, estimate,
+from photochat_lib.training import memory
+from photochat_lib.training.memory import (KNOWN_GPUS, PRESET_CONFIGS, build_meta_components, count_params, estimate,
                                   load_config, lora_param_count, lora_targets, measure_unet_activation_bytes,
                                   transformer_layer_bytes)
 from photochat_lib.recipe import RECIPES, SD_ATTENTION, TrainingRecipe, get_recipe
@@ -257,9 +257,9 @@ def test_step_time_counts_the_flops_of_the_recipes_shapes():
     collator's limits, times the passes each component makes, over a GPU's peak at 25-50 % utilisation."""
     from dataclasses import replace
 
-    from photochat_lib.memory import build_meta_components
+    from photochat_lib.training.memory import build_meta_components
     from photochat_lib.recipe import get_recipe
-    from photochat_lib.steptime import PEAK_TFLOPS, step_cost
+    from photochat_lib.training.steptime import PEAK_TFLOPS, step_cost
     paper = get_recipe("paper")
     cost = step_cost("paper")
     llm = build_meta_components("paper")["llm"]
@@ -281,7 +281,7 @@ def test_step_time_counts_the_flops_of_the_recipes_shapes():
 
 
 def test_estimate_memory_prints_the_step_time(capsys):
-    from photochat_lib.cli import main
+    from photochat_lib.apps.cli import main
     main(["estimate-memory", "--preset", "colab", "--gpu-gb", "16"])
     out = capsys.readouterr().out
     assert "TFLOPs per optimizer step" in out and "T4 16GB" in out and "s per optimizer step" in out

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from photochat_lib.metrics import (bleu, caption_bleu, extract_captions, format_mean_std, mean_std, rouge_l,
+from photochat_lib.evaluation.metrics import (bleu, caption_bleu, extract_captions, format_mean_std, mean_std, rouge_l,
                                    share_timing, strip_photos, text_metrics, tokenize)
 
 
@@ -86,7 +86,7 @@ def test_bad_input_gets_clear_errors():
 
 def test_paired_difference_interval_and_verdicts():
     """end2end − pipeline over seeds: mean, 95% t-interval (df = n − 1), and ahead / behind / tied in words."""
-    from photochat_lib.metrics import paired_difference, t_975
+    from photochat_lib.evaluation.metrics import paired_difference, t_975
     d = paired_difference([12.0, 13.0, 14.0], [10.0, 10.0, 10.0], "BLEU-2")      # diffs 2, 3, 4: sd 1
     assert d["mean"] == pytest.approx(3.0) and d["n"] == 3
     assert d["high"] - d["mean"] == pytest.approx(4.303 / 3 ** 0.5) and d["verdict"] == "ahead"

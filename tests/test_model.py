@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from photochat_lib.generation import parse_reply
-from photochat_lib.model import PhotoChatConfig, PhotoChatModel
+from photochat_lib.model.generation import parse_reply
+from photochat_lib.model.photochat_model import PhotoChatConfig, PhotoChatModel
 from photochat_lib.presets import build_model
-from photochat_lib.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START, NUM_VISUAL_TOKENS
+from photochat_lib.data.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START, NUM_VISUAL_TOKENS
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_parse_reply_edge_cases():
 
 def test_llm_gradient_norms_split_the_update_between_the_two_losses(toy_model):
     """notebook 06 / the study: ‖∇_LLM L_t‖ and ‖∇_LLM α L_v‖; L_v's is 0 in the pipeline, scales with α."""
-    from photochat_lib.model import llm_gradient_norms
+    from photochat_lib.model.photochat_model import llm_gradient_norms
     batch = hand_batch(toy_model)
     g = torch.Generator
     toy_model.eval()                                    # no dropout: the two forward passes are the same

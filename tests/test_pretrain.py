@@ -15,16 +15,16 @@ from safetensors.torch import load_file
 from photochat_lib.data.collate import Collator
 from photochat_lib.data.images import image_transform
 from photochat_lib.data.toy_world import ToyObject, draw_photo
-from photochat_lib.image_perceptron import build_image_perceptron
-from photochat_lib.model import PhotoChatModel
-from photochat_lib.presets import build_toy_components
-from photochat_lib.pretrain import (DEFAULT_OUT, LLMPretrainConfig, chat_ids, dialogue_turns, heldout_lm_loss,
-                                    pretrain_llm, pretrain_toy, register)
-from photochat_lib.pretrain_perceptron import (PerceptronPretrainConfig, describe_photos, describe_scene,
+from photochat_lib.model.image_perceptron import build_image_perceptron
+from photochat_lib.model.photochat_model import PhotoChatModel
+from photochat_lib.toy.foundation import build_toy_components
+from photochat_lib.apps.pretrain import DEFAULT_OUT, pretrain_toy, register
+from photochat_lib.toy.pretrain_llm import LLMPretrainConfig, chat_ids, dialogue_turns, heldout_lm_loss, pretrain_llm
+from photochat_lib.toy.pretrain_perceptron import (PerceptronPretrainConfig, describe_photos, describe_scene,
                                                description_batch, description_scores, parse_description,
                                                pretrain_perceptron, random_scene, scene_batch)
-from photochat_lib.text_generator import load_llm, text_loss
-from photochat_lib.tokens import SPECIAL_TOKENS
+from photochat_lib.model.text_generator import load_llm, text_loss
+from photochat_lib.data.tokens import SPECIAL_TOKENS
 
 TINY_LLM = LLMPretrainConfig(steps=2, batch_size=2, warmup_steps=1, n_eval=0)
 TINY_PERCEPTRON = PerceptronPretrainConfig(representation_steps=2, steps=2, batch_size=4, warmup_steps=1, n_eval=0)
@@ -128,11 +128,11 @@ def test_all_stages_run_in_order_and_replace_folders(tmp_path, monkeypatch):
         Path(out_dir, "marker").write_text("classifier")
         return None, {"exact_set_accuracy": 1.0}
 
-    monkeypatch.setitem(sys.modules, "photochat_lib.pretrain_sd",
+    monkeypatch.setitem(sys.modules, "photochat_lib.toy.pretrain_sd",
                         types.SimpleNamespace(pretrain_image_generator=fake_sd))
-    import photochat_lib.toy_classifier as toy_classifier
+    import photochat_lib.toy.classifier as toy_classifier
     monkeypatch.setattr(toy_classifier, "train_toy_classifier", fake_classifier)
-    import photochat_lib.pretrain as P
+    import photochat_lib.apps.pretrain as P
     monkeypatch.setattr(P, "train_end2end", lambda final, foundation, seed=0, **kw: calls.append(
         ("end2end", Path(final).name, Path(foundation).name, seed)) or {"caption_exact": 100.0})
     (tmp_path / "classifier").mkdir()
@@ -161,8 +161,8 @@ def test_shipped_llm_speaks_the_toy_world():
 
 
 def test_shipped_llm_copies_what_is_named_and_knows_the_shapes():
-    """A foundation's two abilities (pretrain_corpus.py), on prompts of a stream pretraining never drew."""
-    from photochat_lib.pretrain_corpus import probe_llm
+    """A foundation's two abilities (corpus.py), on prompts of a stream pretraining never drew."""
+    from photochat_lib.toy.corpus import probe_llm
     llm, tok = load_llm(str(DEFAULT_OUT / "llm"))
     scores = probe_llm(llm, tok, n=40, seed=123, kinds=("copy", "shapes", "knowledge"))
     assert min(scores.values()) >= 0.9, scores
@@ -182,8 +182,8 @@ def test_shipped_perceptron_lets_the_llm_describe_fresh_photos():
 
 # ----- the LLM's corpus: language, world knowledge and copying, never the caption format -----
 def test_corpus_holds_every_kind_and_never_the_photo_format():
-    from photochat_lib.pretrain import lm_example
-    from photochat_lib.pretrain_corpus import MIX
+    from photochat_lib.toy.pretrain_llm import lm_example
+    from photochat_lib.toy.corpus import MIX
     _, tok, _, _ = build_toy_components(0)
     collator = Collator(tok, None, None, None, max_length=384)
     rng = random.Random(0)
@@ -197,7 +197,7 @@ def test_corpus_holds_every_kind_and_never_the_photo_format():
 def test_knowledge_and_copying_texts_are_true_to_the_toy_world():
     """Every noun→shape fact is the toy world's (ball/coin/plate → circle, …); copies keep the named order."""
     from photochat_lib.data.toy_world import NOUNS
-    from photochat_lib.pretrain_corpus import SHAPE_OF, copying_text, knowledge_text, probe_examples, shapes
+    from photochat_lib.toy.corpus import SHAPE_OF, copying_text, knowledge_text, probe_examples, shapes
     assert SHAPE_OF == {n: s for s, ns in NOUNS.items() for n in ns}
     rng = random.Random(1)
     for _ in range(200):
@@ -215,7 +215,7 @@ def test_knowledge_and_copying_texts_are_true_to_the_toy_world():
 
 def test_probe_scores_a_model_that_knows_the_answers():
     """probe_llm counts greedy continuations that start with the expected text (checked with a stub LLM)."""
-    from photochat_lib.pretrain_corpus import probe_examples, probe_llm
+    from photochat_lib.toy.corpus import probe_examples, probe_llm
     _, tok, _, _ = build_toy_components(0)
 
     class Oracle(torch.nn.Module):                  # answers every probe of its kind right, by lookup
@@ -238,7 +238,7 @@ def test_probe_scores_a_model_that_knows_the_answers():
 
 
 def test_attribute_head_targets_name_every_place():
-    from photochat_lib.pretrain_perceptron import AttributeHead, attribute_accuracy, attribute_loss, attribute_targets
+    from photochat_lib.toy.pretrain_perceptron import AttributeHead, attribute_accuracy, attribute_loss, attribute_targets
     scene = ([ToyObject("red", "circle", "ball", "big", "right")], "gray")
     t = attribute_targets([scene])
     assert t["present"].tolist() == [[0, 0, 1]] and t["background"].tolist() == [1]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from photochat_lib.image_generator import ImageGenerator
-from photochat_lib.pretrain_sd import (PretrainSDConfig, draw_batch, main, pixel_weights, pretrain_image_generator,
+from photochat_lib.model.image_generator import ImageGenerator
+from photochat_lib.toy.pretrain_sd import (PretrainSDConfig, draw_batch, main, pixel_weights, pretrain_image_generator,
                                       sample_objects)
 
 TINY = PretrainSDConfig(vae_steps=60, vae_batch=8, unet_steps=12, unet_batch=8, threads=1, log_every=10)
@@ -116,8 +116,8 @@ def test_cli_help_lists_every_option(capsys):
 
 def test_shipped_toy_sd_draws_what_it_is_told():
     """The shipped sd/ with the default sampler (sampling.py): 100 fresh captions, judged by the toy classifier."""
-    from photochat_lib.pretrain_sd import evaluate_generator
-    from photochat_lib.presets import TOY_CHECKPOINT
+    from photochat_lib.toy.pretrain_sd import evaluate_generator
+    from photochat_lib.toy.foundation import TOY_CHECKPOINT
     gen = ImageGenerator.from_pretrained(TOY_CHECKPOINT / "sd").eval()
     verdict = evaluate_generator(gen, n=100, seed=1)
     assert verdict["exact_match"] >= 0.9, verdict               # 200 captions: 95.5 % (the benchmark)

@@ -37,7 +37,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_console_script_runs():
-    res = subprocess.run([sys.executable, "-m", "photochat_lib.cli", "--help"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "photochat_lib.apps.cli", "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert res.returncode == 0 and "usage: photochat" in res.stdout, res.stderr
 
@@ -45,7 +45,7 @@ def test_console_script_runs():
 @pytest.mark.parametrize("cmd", [["data"], ["train"], ["evaluate"], ["chat"], ["pretrain"], ["estimate-memory"],
                                  ["demo"], ["data", "toy"], ["data", "stats"], ["data", "download"]])
 def test_every_command_has_help(cmd, capsys):
-    from photochat_lib.cli import build_parser
+    from photochat_lib.apps.cli import build_parser
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*cmd, "--help"])
     assert exit_.value.code == 0

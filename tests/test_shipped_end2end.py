@@ -5,9 +5,10 @@ import io
 import pytest
 import torch
 
-from photochat_lib.generation import generate
-from photochat_lib.presets import TOY_END2END, load_toy_model
-from photochat_lib.toy_classifier import judge
+from photochat_lib.model.generation import generate
+from photochat_lib.presets import load_toy_model
+from photochat_lib.toy.foundation import TOY_END2END
+from photochat_lib.toy.classifier import judge
 
 # Written by hand in the toy world's phrasing (its generator never drew these dialogues): the bot (B) names
 # what it got, the friend (A) asks or accepts an offer, and the bot should share a photo of exactly that.
@@ -91,7 +92,7 @@ def test_photochat_chat_shares_what_the_bot_talked_about(tmp_path):
 
     from PIL import Image
 
-    from photochat_lib.chat import register
+    from photochat_lib.apps.chat import register
     right = []
     for k, (script, objects) in enumerate(CHAT_SESSIONS):
         parser = argparse.ArgumentParser()
@@ -110,7 +111,7 @@ def test_photochat_chat_shares_what_the_bot_talked_about(tmp_path):
 def test_a_second_chat_session_does_not_overwrite_the_first_ones_photos(tmp_path):
     import argparse
 
-    from photochat_lib.chat import register
+    from photochat_lib.apps.chat import register
     (tmp_path / "photo_001.png").write_bytes(b"first session")
     (tmp_path / "photo_007.png").write_bytes(b"first session")
     parser = argparse.ArgumentParser()

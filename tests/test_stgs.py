@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from photochat_lib import stgs
-from photochat_lib.stgs import (
+from photochat_lib.model import stgs
+from photochat_lib.model.stgs import (
     TauScheduler,
     clamp_open_unit,
     gumbel_noise,

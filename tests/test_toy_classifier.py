@@ -6,9 +6,9 @@ import socket
 import pytest
 import torch
 
-from photochat_lib import fidelity
+from photochat_lib.evaluation import fidelity
 from photochat_lib.data.toy_world import ToyObject, caption, draw_photo
-from photochat_lib.toy_classifier import (CLASSES, ToyClassifier, attribute_accuracy, evaluate, judge,
+from photochat_lib.toy.classifier import (CLASSES, ToyClassifier, attribute_accuracy, evaluate, judge,
                                           load_toy_classifier, make_images, parse_caption, random_scene,
                                           train_toy_classifier)
 

@@ -5,8 +5,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from photochat_lib.data.toy_world import COLOURS, SHAPES, caption, ToyObject
-from photochat_lib.tokens import IMAGE_PLACEHOLDER, IMG_END, IMG_START, SPECIAL_TOKENS
-from photochat_lib.toy_tokenizers import (SD_MAX_LENGTH, build_llm_tokenizer, build_sd_tokenizer,
+from photochat_lib.data.tokens import IMAGE_PLACEHOLDER, IMG_END, IMG_START, SPECIAL_TOKENS
+from photochat_lib.toy.tokenizers import (SD_MAX_LENGTH, build_llm_tokenizer, build_sd_tokenizer,
                                           toy_corpus, train_bpe)
 
 CAPTION = "Objects in the photo: yellow triangle, blue square"

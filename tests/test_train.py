@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from photochat_lib.data.toy_world import write_toy_dataset
-from photochat_lib.train import NonFiniteError, TrainConfig, Trainer
+from photochat_lib.training.train import NonFiniteError, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--max-train-samples", "32", "--micro-batch-size", "4", "--eval-every-epochs", "0", "--no-progress",
@@ -28,7 +28,7 @@ def toy_data(tmp_path_factory):
 
 
 def photochat(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "photochat_lib.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "photochat_lib.apps.cli", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -125,9 +125,9 @@ def test_lora_recipe_trains_only_adapters_qformer_and_new_rows(toy_data, tmp_pat
     """The paper's split (LLM and UNet LoRA, ViT / text encoder frozen) applied to the toy model."""
     from dataclasses import replace
 
-    import photochat_lib.train as T
+    import photochat_lib.training.train as T
     from photochat_lib.recipe import get_recipe
-    from photochat_lib.tokens import SPECIAL_TOKENS
+    from photochat_lib.data.tokens import SPECIAL_TOKENS
     paperlike = replace(get_recipe("paper"), preset="toy", mixed_precision="no", micro_batch_size=4,
                         grad_accum_steps=1, llm_gradient_checkpointing=False, unet_gradient_checkpointing=False,
                         lr=1e-2, warmup_steps=1)
@@ -151,7 +151,7 @@ def test_lora_recipe_trains_only_adapters_qformer_and_new_rows(toy_data, tmp_pat
     n_lora = sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)
     assert tr.trainable["llm"] == n_lora + 2 * len(SPECIAL_TOKENS) * model.llm.config.hidden_size  # no whole tables
     # the saved final model has the adapters merged and loads through the ordinary loader
-    from photochat_lib.model import PhotoChatModel
+    from photochat_lib.model.photochat_model import PhotoChatModel
     loaded = PhotoChatModel.from_pretrained(tmp_path / "lora" / "final")
     assert not any("lora_" in n or "trainable_tokens_" in n for n, _ in loaded.named_parameters())
     special = model.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
@@ -167,7 +167,7 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "photochat_lib.cli", "train", "--data", str(toy_data), "--output-dir", str(run),
+           "-m", "photochat_lib.apps.cli", "train", "--data", str(toy_data), "--output-dir", str(run),
            "--max-steps", "3", "--checkpointing-steps", "2", "--log-ranks", *COMMON,
            "--photo-repeats", "1"]   # with the toy recipe's repeats one sample id can fill two shards' slots
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -183,7 +183,7 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
 
 def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_data, tmp_path, monkeypatch):
     """Dev BLEU-2 / FID improve for two epochs, then stall: training stops `patience` epochs later."""
-    import photochat_lib.evaluate as E
+    import photochat_lib.evaluation.evaluate as E
     scores = iter([(1.0, 90.0), (2.0, 80.0), (1.5, 85.0), (2.0, 80.0), (1.9, 81.0), (0.5, 99.0), (9.0, 1.0)])
 
     def fake_eval(model, data, split, **kw):
@@ -204,7 +204,7 @@ def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_da
 def test_pipeline_sides_stop_early_on_their_own_metric(toy_data, tmp_path, monkeypatch):
     """§3.1.4 "trains them separately": the pipeline's dialogue side stops when dev BLEU-2 stalls, its image
     side when FID stalls; a stopped side's weights no longer move; best/ holds each side at its best."""
-    import photochat_lib.evaluate as E
+    import photochat_lib.evaluation.evaluate as E
     scores = iter([(1.0, 90.0), (2.0, 80.0), (1.0, 70.0), (1.5, 60.0), (1.5, 65.0), (1.5, 66.0), (1.5, 67.0)])
     monkeypatch.setattr(E, "evaluate_model", lambda *a, **kw: dict(zip(("metrics", "records"),
                         ({"BLEU-2": (v := next(scores))[0], "FID": v[1]}, []))))
@@ -283,7 +283,7 @@ def test_paper_recipe_trains_on_random_config_weights(toy_data, tmp_path, monkey
 def test_trained_parts_get_fp32_master_weights_when_loaded_in_fp16():
     """The colab/paper presets load every component in fp16; under fp16 mixed precision the parts that
     train must become fp32 (GradScaler refuses fp16 gradients) and the frozen ones stay fp16."""
-    from photochat_lib.finetune import apply_recipe, param_groups
+    from photochat_lib.training.finetune import apply_recipe, param_groups
     from photochat_lib.presets import build_model
     from photochat_lib.recipe import get_recipe
     model = build_model("toy").half()
@@ -304,7 +304,7 @@ def test_trained_parts_get_fp32_master_weights_when_loaded_in_fp16():
 
 def test_sd_lr_gives_the_unet_and_text_encoder_their_own_learning_rate():
     """recipe.sd_lr: the image generator's UNet and text encoder learn at their own lr (toy: 1e-5)."""
-    from photochat_lib.finetune import param_groups
+    from photochat_lib.training.finetune import param_groups
     from photochat_lib.presets import build_model
     model = build_model("toy")
     gen = model.image_generator
@@ -331,7 +331,7 @@ def test_random_config_builds_draw_blip2_for_training_not_loading():
 def test_chunked_training_follows_one_runs_cosine_schedule(toy_data, tmp_path):
     """lr_schedule_steps: a run trained in chunks of rising max_steps (notebook 06, the study's curves)
     logs the learning rates and losses of one uninterrupted run; without it each chunk decays to its end."""
-    from photochat_lib.train import TrainConfig, Trainer
+    from photochat_lib.training.train import TrainConfig, Trainer
     common = dict(data=str(toy_data), seed=0, eval_every_epochs=0, max_train_samples=16, micro_batch_size=4,
                   warmup_steps=1, lr_decay="cosine", checkpointing_steps=10 ** 6, progress=False)
 
@@ -355,7 +355,7 @@ def test_chunked_training_follows_one_runs_cosine_schedule(toy_data, tmp_path):
 
 def test_overwrite_deletes_only_a_runs_own_files(tmp_path):
     """`--overwrite` once ran shutil.rmtree(output_dir): with --output-dir . it deleted the user's data."""
-    from photochat_lib.train import clear_run
+    from photochat_lib.training.train import clear_run
     run = tmp_path / "run"
     (run / "checkpoint-2").mkdir(parents=True)
     (run / "final").mkdir()
@@ -399,7 +399,7 @@ def test_nonsense_flags_stop_before_any_work_with_one_line(tmp_path, flags, mess
     import contextlib
     import io
 
-    from photochat_lib.cli import main
+    from photochat_lib.apps.cli import main
     out = io.StringIO()
     with contextlib.redirect_stderr(out):
         rc = main(["train", "--data", str(tmp_path / "none"), "--output-dir", str(tmp_path / "run"), *flags])
@@ -409,7 +409,7 @@ def test_nonsense_flags_stop_before_any_work_with_one_line(tmp_path, flags, mess
 
 def test_resuming_with_a_changed_run_is_refused_and_names_the_changes(toy_data, tmp_path):
     """Resuming with another --mode or --lr went on silently and rewrote config.json."""
-    from photochat_lib.train import TrainConfig, Trainer, check_resume
+    from photochat_lib.training.train import TrainConfig, Trainer, check_resume
     common = dict(data=str(toy_data), output_dir=str(tmp_path), seed=0, eval_every_epochs=0, max_train_samples=8,
                   micro_batch_size=4, max_steps=1, checkpointing_steps=1, progress=False)
     Trainer(TrainConfig(**common)).train()

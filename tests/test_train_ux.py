@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from photochat_lib.cli import main
+from photochat_lib.apps.cli import main
 from photochat_lib.data.toy_world import write_toy_dataset
 
 SMALL = ["--max-train-samples", "8", "--micro-batch-size", "4", "--eval-every-epochs", "0", "--no-progress"]
@@ -59,7 +59,7 @@ def test_mixed_precision_flag(toy, tmp_path):
     import torch
     if not torch.cuda.is_available():
         assert rc == 2 and "--mixed-precision fp16 needs a CUDA GPU" in err, err
-    from photochat_lib.train import TrainConfig, Trainer
+    from photochat_lib.training.train import TrainConfig, Trainer
     tr = Trainer(TrainConfig(data=str(toy), output_dir=str(tmp_path / "bf16"), max_steps=1, max_train_samples=4,
                              micro_batch_size=4, eval_every_epochs=0, progress=False, mixed_precision="bf16"))
     assert tr.acc.mixed_precision == "bf16"
@@ -104,9 +104,9 @@ def test_llm_perceptron_and_sd_flags_reach_the_preset_loader(monkeypatch, tmp_pa
     """The README's `--llm/--perceptron/--sd` overrides (hub id or folder) exist and replace the preset's
     models; they are refused where nothing is loaded from the Hub (toy, --init, --random-init)."""
     import photochat_lib.presets as P
-    from photochat_lib.cliutil import dataclass_from_args
-    from photochat_lib.cli import build_parser
-    from photochat_lib.train import TrainConfig, build_training_model
+    from photochat_lib.utils.cliutil import dataclass_from_args
+    from photochat_lib.apps.cli import build_parser
+    from photochat_lib.training.train import TrainConfig, build_training_model
     from photochat_lib.recipe import get_recipe
     seen = {}
 
@@ -133,9 +133,9 @@ def test_notebook_06_real_branch_is_the_readme_runbooks_command(tmp_path):
     import os
     from pathlib import Path
 
-    from photochat_lib.cli import build_parser
-    from photochat_lib.cliutil import dataclass_from_args
-    from photochat_lib.train import TrainConfig
+    from photochat_lib.apps.cli import build_parser
+    from photochat_lib.utils.cliutil import dataclass_from_args
+    from photochat_lib.training.train import TrainConfig
     root = Path(__file__).resolve().parents[1]
     nb = json.loads((root / "notebooks" / "06_joint_training.ipynb").read_text())
     source = "".join(next(c for c in nb["cells"] if c.get("id") == "fbfcf339")["source"])

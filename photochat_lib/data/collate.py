@@ -13,7 +13,7 @@ their tags, the captions with [IMG]/[/IMG], and eos) is scored by the text loss 
 ``IGNORE_INDEX``. Too long? Whole context turns are dropped, oldest first (never half a caption or
 half a placeholder run, and their photos go too); if the response alone does not fit, DataError.
 More context photos than ``max_context_images``? The oldest photo turns are dropped first. Both limits
-come from the training recipe (``max_text_length``, ``max_context_images``: `Collator.for_model`), the
+come from the training recipe (``max_text_length``, ``max_context_images``: `presets.collator_for`), the
 same numbers `photochat estimate-memory` budgets for; `cut_report` counts what they cut.
 
 **Context photos** (``context_photos``). ``"perceptron"`` (the end-to-end model, §2.3): the ``<image>``
@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from photochat_lib.data.images import load_image
 from photochat_lib.data.samples import Sample
 from photochat_lib.data.schema import DataError, Photo, Turn
-from photochat_lib.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START, NUM_VISUAL_TOKENS
+from photochat_lib.data.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_END, IMG_START, NUM_VISUAL_TOKENS
 
 CONTEXT_PHOTOS = ("perceptron", "caption")  # how a photo in the context U reaches the LLM
 
@@ -91,18 +91,6 @@ class Collator:
         for tok in (IMG_START, IMG_END, IMAGE_PLACEHOLDER):
             if len(llm_tokenizer.tokenize(tok)) != 1:
                 raise ValueError(f"the LLM tokenizer must keep {tok} as one special token")
-
-    @classmethod
-    def for_model(cls, model, preset: str = "toy", recipe=None) -> "Collator":
-        """Return the collate step for a PhotoChatModel at the preset's image sizes and the training
-        recipe's limits (default: the preset's recipe): ``max_text_length`` and ``max_context_images``."""
-        from photochat_lib.data.images import image_transform, sd_image_transform
-        from photochat_lib.presets import get_preset
-        from photochat_lib.recipe import get_recipe
-        p, r = get_preset(preset), recipe or get_recipe(preset)
-        return cls(model.tokenizer, model.image_generator.tokenizer, image_transform(p.image_size),
-                   sd_image_transform(p.sd_resolution), max_length=r.max_text_length,
-                   context_photos=model.context_photos, max_context_images=r.max_context_images)
 
     def sees_pixels(self, turn: Turn) -> bool:
         """Return whether a context turn reaches the LLM as visual tokens (a photo, perceptron mode)."""

@@ -34,9 +34,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import fsync_dir, write_text
-from ..cliutil import progress_bar
-from .http_fetch import (FetchConfig, Manifest, build_opener, fetch, sha256_file, still_ok,
+from photochat_lib.utils.atomic import fsync_dir, write_text
+from photochat_lib.utils.cliutil import progress_bar
+from photochat_lib.data.http_fetch import (FetchConfig, Manifest, build_opener, fetch, sha256_file, still_ok,
                          strong_validator)
 
 BASE_URL = "https://raw.githubusercontent.com/google-research/google-research/master/multimodalchat/photochat/"

@@ -35,7 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import write_bytes
+from photochat_lib.utils.atomic import write_bytes
 
 USER_AGENT = "photochat-downloader/0.1 (+https://github.com/google-research/google-research)"
 CHUNK = 64 * 1024

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from photochat_lib.data.schema import Dialogue, Photo, Turn
-from photochat_lib.tokens import IMG_END, IMG_START
+from photochat_lib.data.tokens import IMG_END, IMG_START
 
 
 def photo_text(photo: Photo) -> str:

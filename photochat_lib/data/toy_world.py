@@ -33,7 +33,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..atomic import replace_dir
+from photochat_lib.utils.atomic import replace_dir
 
 COLOURS = {  # object colour -> RGB
     "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),

@@ -1,0 +1,104 @@
+"""`photochat chat`: a terminal photo-sharing chat with a trained model.
+
+Type a message and press Enter. Attach a photo with ``/image PATH`` (it joins the context as your
+turn); ``/bot TEXT`` puts a line in the bot's mouth without a reply (to set up a scene: "/bot I bought a
+red ball."); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
+and every photo it shares is drawn, saved under ``--out`` (numbered after the photos already there, so a
+new session never overwrites an earlier one's) and its path printed.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from photochat_lib.utils.cliutil import at_least, non_negative
+from photochat_lib.model.sampling import GUIDANCE_SCALE, SAMPLER_STEPS
+
+
+def register(subparsers) -> None:
+    """Add `photochat chat`."""
+    p = subparsers.add_parser("chat", help="chat in the terminal; attach photos with /image PATH",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="a PhotoChatModel folder, e.g. runs/e2e/final (default: the shipped toy model trained end "
+                        "to end, photochat_lib/toy/checkpoints/toy-end2end)")
+    p.add_argument("--out", default="chat_photos", help="folder where the photos the model shares are saved")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=48, help="longest reply, in LLM tokens")
+    p.add_argument("--steps", type=at_least(1), default=SAMPLER_STEPS, help="denoising steps per drawn photo")
+    p.add_argument("--guidance", type=non_negative, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
+    p.add_argument("--decoding", choices=["greedy", "sample"], default="greedy",
+                   help="greedy: the most likely token at every step; sample: draw each token from p (§2.2)")
+    p.add_argument("--sample", action="store_const", const="sample", dest="decoding", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and drawing")
+    p.set_defaults(func=run)
+
+
+def run(args, stdin=None, stdout=None) -> int:
+    """Run the chat loop on stdin/stdout; returns 0."""
+    from photochat_lib.data.images import load_image
+    from photochat_lib.model.generation import generate
+    from photochat_lib.model.photochat_model import PhotoChatModel
+    from photochat_lib.presets import load_toy_model
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    say = lambda s: (stdout.write(s + "\n"), stdout.flush())
+    from photochat_lib.utils.doctor import UnsupportedGPUError, require_supported_gpu
+    try:
+        require_supported_gpu()                # a torch build without kernels for this GPU: the fix, in one line
+        model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
+    except (OSError, ValueError, UnsupportedGPUError) as e:   # a wrong --model, a broken one, no Hub, the GPU
+        if getattr(args, "debug", False):
+            raise
+        say(f"error: {e}")
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history = []
+    n_saved = max((int(m.group(1)) for f in out.glob("photo_*.png")            # never overwrite an earlier
+                   if (m := re.fullmatch(r"photo_(\d+)\.png", f.name))), default=0)   # session's photos
+    say("photochat — type a message; /image PATH to send a photo; /bot TEXT to speak for the bot; /reset; /quit")
+    while True:
+        stdout.write("you> ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/reset":
+            history = []
+            say("(conversation reset)")
+            continue
+        if line.startswith("/bot "):
+            history.append(("B", line[len("/bot "):].strip()))
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                img = load_image(path)         # decoded and size-checked as in training; huge photos downscaled
+            except (OSError, ValueError) as e:     # missing, truncated, not an image, over the pixel limit
+                say(f"(cannot use image {path!r}: {e}; the conversation goes on)")
+                continue
+            history.append(("A", img))
+            say(f"(photo {path} attached)")
+            continue
+        history.append(("A", line))
+        reply = generate(model, history, speaker="B", max_new_tokens=args.max_new_tokens, do_sample=args.decoding == "sample",
+                         seed=args.seed + len(history), num_inference_steps=args.steps, guidance_scale=args.guidance)
+        for seg in reply.segments:
+            if seg.kind == "text":
+                history.append(("B", seg.text))
+                say(f"bot> {seg.text}")
+            elif seg.image is not None:
+                n_saved += 1
+                path = out / f"photo_{n_saved:03d}.png"
+                seg.image.save(path)
+                history.append(("B", seg.image))
+                say(f"bot> [shares a photo: {seg.text}] saved to {path}")
+            else:
+                say("bot> [tried to share a photo with an empty caption]")
+        for note in reply.notes:
+            say(f"(note: {note})")
+    return 0

@@ -1,0 +1,90 @@
+"""The text dialogue generator (paper §2.2, eq. 1–2): a decoder-only LLM that reads the multimodal
+context and writes the response, with ``[IMG] caption [/IMG]`` wherever it shares a photo.
+
+    h_i = LLM(U, r_<i);  o_i = LPL(h_i);  p_i = softmax(o_i)          eq. (1)
+    L_t = -sum_i log p_i[r_i]   over the response tokens only         eq. (2)
+
+The context's photos enter as the image perceptron's visual tokens: the collate step writes
+``NUM_VISUAL_TOKENS`` copies of the ``<image>`` placeholder for each photo, and `splice_visual_tokens`
+replaces their embeddings, in order, with the perceptron's outputs. Context text and visual tokens
+carry the label ``IGNORE_INDEX`` and are never scored.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from photochat_lib.data.tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, SPECIAL_TOKENS
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase, llm: torch.nn.Module | None = None) -> int:
+    """Add [IMG], [/IMG], <image> (and a pad token if missing); resize the LLM's embeddings; return #added."""
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    added = tokenizer.add_special_tokens({"additional_special_tokens": missing}) if missing else 0
+    if tokenizer.pad_token is None:
+        # Llama-2 has no pad token; reuse <unk> so no embedding row is added for padding.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if llm is not None and llm.get_input_embeddings().num_embeddings < len(tokenizer):
+        # mean_resizing: new rows start at the mean embedding, a better start than noise for [IMG].
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return added
+
+
+def load_llm(source: str | os.PathLike | LlamaConfig, tokenizer: PreTrainedTokenizerBase | None = None,
+             token: str | None = None, dtype: torch.dtype | None = None):
+    """Return (llm, tokenizer): from a LlamaConfig (random init, tokenizer required) or a hub id / folder."""
+    if isinstance(source, LlamaConfig):
+        if tokenizer is None:
+            raise ValueError("building an LLM from a config needs its tokenizer")
+        llm = LlamaForCausalLM(source)
+    else:
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        llm = AutoModelForCausalLM.from_pretrained(source, token=token, **kwargs)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source, token=token)
+    add_special_tokens(tokenizer, llm)
+    return llm, tokenizer
+
+
+def splice_visual_tokens(embeds: torch.Tensor, input_ids: torch.Tensor, placeholder_id: int,
+                         visual: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+    """Return embeds with every <image> run replaced by that photo's visual tokens (eq. 3 → LLM input).
+
+    embeds (B, T, D); input_ids (B, T); visual (N, Q, D), the photos in order of appearance;
+    batch_index (N,), the row each photo belongs to (rows' photos appear in the same order).
+    """
+    is_slot = input_ids == placeholder_id                                   # (B, T)
+    n_slots, n_visual = int(is_slot.sum()), visual.shape[0] * visual.shape[1]
+    if n_slots != n_visual:
+        raise ValueError(f"{n_slots} <image> placeholders but {visual.shape[0]} photos × "
+                         f"{visual.shape[1]} visual tokens = {n_visual}")
+    if n_visual == 0:
+        return embeds
+    # Photos must be ordered by row so that the flattened slots line up with the flattened tokens.
+    if batch_index.numel() > 1 and bool((batch_index[1:] < batch_index[:-1]).any()):
+        raise ValueError("context photos must be ordered by batch row")
+    out = embeds.clone()
+    out[is_slot] = visual.reshape(-1, visual.shape[-1]).to(embeds.dtype)    # (N*Q, D) into the slots
+    return out
+
+
+def text_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return eq. (2): mean NLL of the response tokens (labels != IGNORE_INDEX), next-token shifted.
+
+    The paper writes the sum over |R|; we average over scored tokens (the usual, batch-size
+    independent normalisation), which only rescales the gradient.
+    """
+    shift_logits = logits[:, :-1].float()                                   # (B, T-1, V) predicts t+1
+    shift_labels = labels[:, 1:]                                            # (B, T-1)
+    if not bool((shift_labels != IGNORE_INDEX).any()):
+        return shift_logits.sum() * 0.0                                     # nothing to score
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                           shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)  # eq. (2)
+
+
+def placeholder_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Return the id of the <image> placeholder token."""
+    return tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
