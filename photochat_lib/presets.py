@@ -22,7 +22,7 @@ import torch
 from transformers import LlamaConfig
 
 from photochat_lib.data.collate import Collator
-from photochat_lib.data.images import image_transform, sd_image_transform
+from photochat_lib.data.images import blip2_image_processor, sd_image_transform
 from photochat_lib.data.tokens import NUM_VISUAL_TOKENS, SPECIAL_TOKENS
 from photochat_lib.model.image_generator import ImageGenerator
 from photochat_lib.model.image_perceptron import build_image_perceptron, init_from_scratch
@@ -68,10 +68,10 @@ def get_preset(name: str, **overrides) -> Preset:
 
 
 def collator_for(model, preset: str = "toy", recipe: TrainingRecipe | None = None) -> Collator:
-    """Return the collate step for a PhotoChatModel at the preset's image sizes and the training
-    recipe's limits (default: the preset's recipe): ``max_text_length`` and ``max_context_images``."""
+    """Return the collate step for a PhotoChatModel: its perceptron's image transform, the preset's SD resolution and
+    the training recipe's limits (default: the preset's recipe): ``max_text_length`` and ``max_context_images``."""
     p, r = get_preset(preset), recipe or get_recipe(preset)
-    return Collator(model.tokenizer, model.image_generator.tokenizer, image_transform(p.image_size),
+    return Collator(model.tokenizer, model.image_generator.tokenizer, model.perceptron.transform,
                     sd_image_transform(p.sd_resolution), max_length=r.max_text_length,
                     context_photos=model.context_photos, max_context_images=r.max_context_images)
 
@@ -170,6 +170,7 @@ def build_config_components(preset: str, seed: int = 0, device: str | torch.devi
         llm, tokenizer = load_llm(llm_cfg, tokenizer)
         perceptron = build_image_perceptron(blip2_cfg, llm_cfg.hidden_size)
         init_from_scratch(perceptron)                 # not transformers' load-oriented init (zero queries)
+        perceptron.image_processor = blip2_image_processor(blip2_cfg.vision_config.image_size)
         generator = ImageGenerator(CLIPTextModel(text_cfg), sd_tokenizer,
                                    UNet2DConditionModel.from_config(model_kwargs(cfg["unet"])),
                                    AutoencoderKL.from_config(model_kwargs(cfg["vae"])),

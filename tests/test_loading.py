@@ -7,6 +7,10 @@ from diffusers import PNDMScheduler, StableDiffusionPipeline
 from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
                           LlamaForCausalLM, OPTConfig)
 
+from PIL import Image
+
+from photochat_lib.data.images import blip2_image_processor
+from photochat_lib.model.image_perceptron import build_image_perceptron
 from photochat_lib.presets import build_model, get_preset, load_components
 from photochat_lib.toy.foundation import build_toy_components, toy_llm_config
 from photochat_lib.data.tokens import SPECIAL_TOKENS
@@ -38,6 +42,7 @@ def hub_like(tmp_path_factory):
     blip2 = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
                                                       text_config=opt.to_dict(), num_query_tokens=32))
     blip2.save_pretrained(root / "blip2")
+    blip2_image_processor(32).save_pretrained(root / "blip2")   # preprocessor_config.json, as every BLIP-2 repo has
     # Stable Diffusion repo layout, with the PNDM scheduler stable-diffusion-2-1-base ships
     _, _, _, gen = build_toy_components(seed=1)
     pipe = StableDiffusionPipeline(vae=gen.vae, text_encoder=gen.text_encoder, tokenizer=gen.tokenizer,
@@ -102,3 +107,65 @@ def test_hf_token_is_passed_but_never_printed(monkeypatch, capsys, hub_like):
     load_components(str(root / "llama"), str(root / "blip2"), str(root / "sd"))
     captured = capsys.readouterr()
     assert "hf_secret_value_123" not in captured.out + captured.err
+
+
+def _photos():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    clear = Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), mode="RGBA")
+    return [wide, clear, wide.convert("L")]
+
+
+def _blip2_processor(folder):
+    """transformers' own Blip2Processor, built offline from a folder's preprocessor_config.json."""
+    from transformers import Blip2Processor, BlipImageProcessor
+
+    from photochat_lib.toy.tokenizers import build_llm_tokenizer
+    return Blip2Processor(image_processor=BlipImageProcessor.from_pretrained(folder), tokenizer=build_llm_tokenizer(),
+                          num_query_tokens=32)
+
+
+def test_a_blip2_checkpoint_sees_photos_through_its_own_processor(hub_like, tmp_path):
+    """The real presets' ViT sees a photo exactly as Blip2Processor gives it (resized straight to the square, no
+    centre crop; transparency onto white); the processor travels with the saved model; the collate step uses it."""
+    from photochat_lib.presets import collator_for
+    root = hub_like[0]
+    model = build_model("paper", llm=str(root / "llama"), perceptron=str(root / "blip2"), sd=str(root / "sd"))
+    processor = _blip2_processor(root / "blip2")
+    for img in _photos():
+        ours = model.perceptron.transform(img)
+        assert ours.shape == (3, 32, 32)
+        assert torch.equal(ours, processor(images=img, return_tensors="pt")["pixel_values"][0])
+    banner = Image.new("RGB", (96, 32), "black")           # black | white | black: a centre crop keeps only white
+    banner.paste((255, 255, 255), (32, 0, 64, 32))
+    seen = model.perceptron.transform(banner)
+    assert seen[:, :, :4].max() < -1.4 and seen[:, :, 14:18].min() > 1.4   # squeezed: both black sides are still there
+    from photochat_lib.data.images import image_transform
+    assert image_transform(32)(banner)[:, :, :4].min() > 1.4               # what the hand-written crop fed the ViT
+    wide = _photos()[0]
+    collate = collator_for(model, "paper")
+    assert torch.equal(collate.image_transform(wide), processor(images=wide, return_tensors="pt")["pixel_values"][0])
+    model.save_pretrained(tmp_path / "saved", components=("perceptron",))
+    assert (tmp_path / "saved" / "perceptron" / "preprocessor_config.json").is_file()
+    reloaded = build_image_perceptron(str(tmp_path / "saved" / "perceptron"), model.llm.config.hidden_size)
+    assert torch.equal(reloaded.transform(wide), model.perceptron.transform(wide))
+
+
+def test_the_shipped_blip2_processor_config_is_blip2s(tmp_path):
+    """The real architectures built without a download (estimate-memory, --random-init) use the shipped copy of
+    blip2-opt-2.7b-coco's preprocessor_config.json: 224², bicubic, CLIP's mean and std, as Blip2Processor reads it."""
+    import shutil
+    from importlib import resources
+
+    from photochat_lib.presets import build_config_components
+    shutil.copy(resources.files("photochat_lib") / "configs" / "blip2_preprocessor.json",
+                tmp_path / "preprocessor_config.json")
+    processor = _blip2_processor(tmp_path)
+    assert processor.image_processor.size == {"height": 224, "width": 224}
+    _, _, perceptron, _ = build_config_components("paper", smoke=True)
+    for img in _photos():
+        assert torch.equal(perceptron.transform(img), processor(images=img, return_tensors="pt")["pixel_values"][0])
+    toy = build_toy_components(seed=0)[2]                  # the toy perceptron keeps the transform it was trained on
+    assert toy.image_processor is None and toy.transform(_photos()[0]).shape == (3, 32, 32)
+

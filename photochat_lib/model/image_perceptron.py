@@ -22,8 +22,7 @@ from PIL import Image
 from torch import nn
 from transformers import Blip2Config, Blip2PreTrainedModel, Blip2QFormerModel, Blip2VisionModel
 
-from photochat_lib.data.images import image_transform
-
+from photochat_lib.data.images import Blip2ImageTransform, image_transform
 
 
 class ImagePerceptron(Blip2PreTrainedModel):
@@ -33,6 +32,7 @@ class ImagePerceptron(Blip2PreTrainedModel):
     main_input_name = "pixel_values"
     # The BLIP-2 checkpoint also holds an OPT model; we never build it, so its keys are expected extras.
     _keys_to_ignore_on_load_unexpected = [r"language_model\..*"]
+    image_processor = None   # BLIP-2's image processor, from the checkpoint's preprocessor_config.json; None: toy
 
     def __init__(self, config: Blip2Config):
         super().__init__(config)
@@ -74,9 +74,23 @@ class ImagePerceptron(Blip2PreTrainedModel):
                            output_attentions=output_attentions)                      # eq. (3) Q-Former
         return out.last_hidden_state[:, : queries.shape[1]], out.cross_attentions if output_attentions else None
 
+    @property
+    def transform(self):
+        """PIL image -> (3, S, S): BLIP-2's own image processor when the checkpoint ships one (every BLIP-2
+        repo does), else the hand-written toy transform (`data.images.image_transform`)."""
+        if self.image_processor is not None:
+            return Blip2ImageTransform(self.image_processor)
+        return image_transform(self.image_size)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as transformers does, plus preprocessor_config.json when there is an image processor."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(save_directory)
+
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Return (N, 3, S, S) pixel values for PIL images of any size and mode (RGB, RGBA, L, P…)."""
-        transform = image_transform(self.image_size)   # BLIP-2's resize + CLIP normalisation
+        transform = self.transform
         if not images:
             return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
         return torch.stack([transform(img) for img in images]).to(self.device, self.dtype)
@@ -96,7 +110,21 @@ def build_image_perceptron(source: str | os.PathLike | Blip2Config, llm_hidden_s
     # ignore_mismatched_sizes: BLIP-2's projection maps into OPT (2560-d); ours maps into the LLM.
     model = ImagePerceptron.from_pretrained(source, config=config, token=token,
                                             ignore_mismatched_sizes=not projection_reused, **kwargs)
+    model.image_processor = _image_processor(source, token)
     return model
+
+
+def _image_processor(source: str | os.PathLike, token: str | None):
+    """Return the BLIP-2 image processor a checkpoint ships (preprocessor_config.json), else None (the toy's)."""
+    from transformers import BlipImageProcessor
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, "preprocessor_config.json")):
+            return None
+        return BlipImageProcessor.from_pretrained(source)
+    try:                                         # a Hub id: every BLIP-2 repo has one
+        return BlipImageProcessor.from_pretrained(source, token=token)
+    except OSError:
+        return None
 
 
 def init_from_scratch(perceptron) -> None:
