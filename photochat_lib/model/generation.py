@@ -195,11 +195,8 @@ def draw_captions(generator, captions: list[str], num_inference_steps: int = SAM
     for k in range(0, len(captions), batch_size):
         # §2.5: at inference the caption goes straight to SD; R_SD is the SD tokenizer's one-hot sequence.
         r_sd = generator.one_hot(generator.tokenize(captions[k:k + batch_size]))  # (P, n, V_SD)
-        images = generator.generate(r_sd, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                    generator=g)                                    # (P, 3, H, W) in [0, 1]
-        for img in images:
-            arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-            out.append(Image.fromarray(arr))
+        out += generator.generate(r_sd, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                  generator=g, output_type="pil")
     return out
 
 

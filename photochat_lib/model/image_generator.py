@@ -23,7 +23,7 @@ import os
 import diffusers
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
@@ -124,24 +124,25 @@ class ImageGenerator(nn.Module):
 
     @torch.no_grad()
     def generate(self, r_sd: torch.Tensor, num_inference_steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE_SCALE,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return images in [0, 1] (B, 3, H, W) for one-hot captions r_sd, with classifier-free guidance."""
+                 generator: torch.Generator | None = None, output_type: str = "pt") -> torch.Tensor | list:
+        """Return images in [0, 1] (B, 3, H, W), or B PIL images with output_type="pil", for one-hot captions
+        r_sd: diffusers' StableDiffusionPipeline (DDIM, classifier-free guidance) given the caption embeddings
+        of the one-hots (the one-hot path)."""
         cond = self.encode_onehot(r_sd)                                     # (B, n, D)
         uncond = self.encode_onehot(self.one_hot(self.tokenize([""] * r_sd.shape[0])))
-        sched = DDIMScheduler.from_config(self.scheduler.config)
-        sched.set_timesteps(num_inference_steps, device=cond.device)
-        size = self.unet.config.sample_size
-        latents = torch.randn((r_sd.shape[0], self.unet.config.in_channels, size, size),
-                              generator=generator, device=cond.device, dtype=cond.dtype)
-        latents = latents * sched.init_noise_sigma
-        both = torch.cat([uncond, cond])                                    # (2B, n, D)
-        for t in sched.timesteps:
-            model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
-            eps_u, eps_c = self.unet(model_in, t, encoder_hidden_states=both).sample.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)                  # classifier-free guidance
-            latents = sched.step(eps, t, latents).prev_sample
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)                       # (B, 3, H, W)
+        return self.pipeline()(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=num_inference_steps,
+                               guidance_scale=guidance_scale, generator=generator, output_type=output_type).images
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        """Return a StableDiffusionPipeline of these components, sampling with DDIM on the training schedule."""
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        # built with steps_offset=1 (else it rewrites the config and warns), then given the schedule itself
+        pipe = StableDiffusionPipeline(self.vae, self.text_encoder, self.tokenizer, self.unet,
+                                       DDIMScheduler.from_config(sampler.config, steps_offset=1), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.scheduler = sampler
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     # ----- persistence: the stable-diffusion repo layout, so the same loader serves both -----
     def save_pretrained(self, path: str | os.PathLike) -> None:
