@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from photochat_lib.utils.profiling import fmt_bytes, reset_peak_rss, rss_bytes
+from profiling import fmt_bytes, reset_peak_rss, rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

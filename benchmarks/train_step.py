@@ -38,7 +38,7 @@ def worker(args) -> dict:
     from photochat_lib.data.photochat import read_photochat
     from photochat_lib.data.samples import make_samples
     from photochat_lib.presets import load_toy_model
-    from photochat_lib.utils.profiling import PeakMemory
+    from profiling import PeakMemory
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     if not (Path(args.data) / "train").exists():
         from photochat_lib.data.toy_world import write_toy_dataset
         write_toy_dataset(args.data, seed=0)
-    from photochat_lib.utils.profiling import fmt_bytes
+    from profiling import fmt_bytes
     res = {}
     for mode in ("end2end", "pipeline"):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, f"--steps={args.steps}",

@@ -1,2 +1,1 @@
-"""Evaluation (§3.1.3): `evaluate` generates for a split and scores it (`photochat evaluate`), with the text
-and intent metrics of `metrics` and the image metrics of `fidelity` (FID and IS through torch-fidelity)."""
+"""Evaluation (§3.1.3): `evaluate` (`photochat evaluate`), `metrics` (text, intent) and `fidelity` (FID, IS)."""

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
 
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
@@ -128,9 +129,7 @@ def _to_uint8(image) -> torch.Tensor:
         with Image.open(image) as im:
             image = im.convert("RGB")
     if isinstance(image, Image.Image):
-        im = image.convert("RGB")
-        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        return data.view(im.height, im.width, 3).permute(2, 0, 1).contiguous()  # (3, H, W)
+        return pil_to_tensor(image.convert("RGB"))  # (3, H, W) uint8
     if torch.is_tensor(image):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")

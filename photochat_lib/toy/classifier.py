@@ -17,13 +17,11 @@ often) and 1 for a set of identical photos. The background is left out of IS (FI
 
 Trained on photos drawn with :func:`~photochat_lib.data.toy_world.draw_photo` from random object sets
 (same distribution as the toy dialogues); no augmentation (1-pixel shifts and pixel noise slowed
-learning of the small circle/square difference, 4 corner pixels, several-fold). Weights ship in ``photochat_lib/toy/checkpoints/toy/classifier``;
-regenerate with ``photochat pretrain --preset toy --only classifier`` or
-``python -m photochat_lib.toy.classifier --out DIR``.
+learning of the small circle/square difference, 4 corner pixels, several-fold). Weights ship in
+``photochat_lib/toy/checkpoints/toy/classifier``; regenerate with ``photochat pretrain --preset toy --only classifier``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -31,13 +29,14 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torchvision.transforms.functional import pil_to_tensor
 
 from photochat_lib.utils.atomic import write_file, write_json
 from photochat_lib.data.toy_world import (BACKGROUNDS, COLOURS, NOUNS, POSITIONS, SHAPES, SIZES, ToyObject,
@@ -47,7 +46,7 @@ CLASSES = [(c, s) for c in COLOURS for s in SHAPES]  # the 15 (colour, shape) pr
 BACKGROUND_NAMES = list(BACKGROUNDS)                  # the 3 background classes
 IMAGE_SIZE = 32                                       # the classifier's input side, pixels
 DEFAULT_DIR = Path(__file__).parent / "checkpoints" / "toy" / "classifier"
-REGENERATE = "photochat pretrain --preset toy --only classifier  (or: python -m photochat_lib.toy.classifier --out DIR)"
+REGENERATE = "photochat pretrain --preset toy --only classifier"
 
 
 @dataclass
@@ -130,8 +129,7 @@ def to_tensor(images) -> torch.Tensor:
 
 def _pil_to_tensor(im: Image.Image) -> torch.Tensor:
     """Return a PIL image as float (3, H, W) in [0, 1]."""
-    data = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
-    return data.view(im.height, im.width, 3).permute(2, 0, 1).float() / 255  # (3, H, W)
+    return pil_to_tensor(im.convert("RGB")).float() / 255  # (3, H, W)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -328,33 +326,3 @@ def judge(images, captions_or_objects: Sequence, model: ToyClassifier | None = N
 def attribute_accuracy(images, captions: Sequence, model: ToyClassifier | None = None) -> float:
     """Return the share of images whose predicted (colour, shape) set equals their caption's."""
     return judge(images, captions, model)["exact_match"]
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
-    """Return the command-line options of ``python -m photochat_lib.toy.classifier``."""
-    p = argparse.ArgumentParser(description="Train the toy-world classifier (judge + IS/FID features).")
-    p.add_argument("--out", default=str(DEFAULT_DIR),
-                   help="folder that receives model.safetensors and config.json (default: the shipped folder)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the training photos and the initialisation")
-    p.add_argument("--n-images", type=int, default=12000, help="number of distinct training photos")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps of batch 128")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 is fastest on a shared 2-core machine: ~9x less spin-waiting)")
-    p.add_argument("--min-accuracy", type=float, default=0.99,
-                   help="fail unless held-out exact-set accuracy reaches this (0 disables)")
-    return p.parse_args(argv)
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    """Train and save the classifier; returns the exit status."""
-    a = parse_args(argv)
-    _, metrics = train_toy_classifier(a.out, seed=a.seed, n_images=a.n_images, steps=a.steps,
-                                      threads=a.threads, min_accuracy=a.min_accuracy or None)
-    print(json.dumps(metrics), f"-> {a.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,46 +28,8 @@ right. The photos are the same (same sets, sizes, columns, backgrounds: the kind
 order anyway) and so are the captions; only which caption slot names which column changes, so FID/IS
 see the same image distribution. Sampling still takes any caption.
 
-**The VAE must first pass the judge.** The toy classifier is strict (a small circle and a small square
-differ by 4 corner pixels; it was trained without noise), so a reconstruction must be nearly
-pixel-exact. Measured (`evaluate_vae`, classifier exact match on 300 real photos' reconstructions):
-÷2 (8, 16) ch, 1200 steps: 36–40 %; ÷1 (16,) ch, 600 steps: 59 %; ÷2 (16, 32), 1200 steps, KL 1e-4:
-56 % (posterior std 0.18 vs latent std 1.9: the decoder learns to blur away the sampling noise);
-the same + an L1 term: 40 %; ÷2 (16, 32), 1000 steps, KL 1e-6 (posterior std 0.08): 60 %. With that
-VAE and 600 left-to-right UNet steps the generator reached only 6.5 % exact match (200 captions). ÷1
-(latent 32×32) costs the UNet 2.1 s instead of 0.5 s per batch-32 step (1 thread, quiet machine).
-
-**The outline weight (`edge_weight`) fixed the VAE.** A sweep of 3000-step VAEs (one H200, same code
-with the tensors on the GPU; eval seeds 1 / 2) with the ÷2 (8, 16) architecture kept:
-KL 1e-4: 51 / 49 %; KL 1e-6: 55 / 51 %; KL 0: 48 / 45 %; KL 1e-6 with half the steps decoding the
-posterior mean: 53 / 52 %; object weight 30: 37 / 36 %; batch 64: 62 / 63 %; 6000 steps: 65 / 62 %;
-6000 steps, batch 32, lr 2e-3: 66 / 69 %; (16, 32) channels: 97 / 96 %; **outline weight 20: 96 / 98 %**
-(reruns: 96 / 98 % three times). The errors were never the colours but the shapes' outlines, which are
-a few pixels of a 32×32 photo; weighting the pixels within one pixel of an outline ×21 (×30 inside)
-makes the decoder draw them. Same sweep, then 3000 left-to-right UNet steps each (judged on 200
-captions of eval seed 2, DDIM 20 steps, guidance 7 / 5 / 3): outline-weighted VAE 54 / 55 / 55 %
-(shapes 87–94 %, colours 78–81 %); (16, 32) VAE 52 / 57 / 56 %; 6000-step VAE 59 / 61 / 55 %;
-KL 1e-6 VAE 43 / 39 / 36 %; the same with captions in mention order (`left_to_right` off) 46 / 42 / 37 %;
-KL 1e-4 VAE 37 / 36 / 34 %; DDIM 50 steps moved none of them by more than 4 points. So with a VAE
-that passes the judge, the UNet's training budget is what limits the generator (mostly colours).
-
-**Min-SNR-γ weighting made the UNet learn** (`snr_gamma`, Hang et al. 2023: the ε-loss of each
-sample times min(SNR_t, γ)/SNR_t, which stops the many nearly clean timesteps from dominating). The
-1200-step checkpoint shipped before (plain ε-loss, 1 thread of a shared CPU) drew the asked-for objects
-in 18.5 % of photos (colours 42.5 %, shapes 40 %; 1 / 2 / 3 objects 47.5 / 16.4 / 0 %). On the same
-shipped VAE (``--vae-from``), judged every 1000 steps on 100 captions (EMA weights, seed 1, guidance 5),
-two 8000-step runs side by side on a quiet 2-core machine, 1 thread each (0.46 s per step):
-
-    UNet steps                    1000  2000  3000  4000  5000  6000  7000
-    ε, Min-SNR γ = 5 (shipped)     24 %  49 %  83 %  93 %  92 %  98 %  97 %
-    z_0-prediction, plain loss     39 %  67 %  77 %  86 %  83 %  81 %  84 %
-
-At 1200 steps both were within noise of the plain ε-loss (ε + γ 5: 25 %, z_0: 22 %; 200 captions). The
-shipped UNet is the ε, γ = 5 run after 8000 steps (3690 s): on 200 captions per seed, DDIM 20 steps,
-guidance 1 / 1.5 / 2 / 3 / 4 / 5 / 7 gave 92 / 95 / 96 / 95.5 / 92.5 / 92.5 / 90.5 % on eval seed 2;
-guidance 3 gives 95.5 % on seed 1 (1 / 2 / 3 objects 100 / 100 / 89.5 %) and 95.2 % on 1000 captions of
-seed 3; guidance 5 gives 95.0 % on seed 1. Hence the default sampler (`sampling.py`) uses guidance 3.
-Photos with three objects are the remaining errors (89–91 %). It stays ε-prediction, like SD 2.1 base.
+**How the recipe was found** — the VAE sweeps that led to the outline weight, the Min-SNR-γ learning curves and
+the guidance sweep behind the default sampler — is measured and recorded in ``checkpoints/toy/PRETRAIN.md`` (sd/).
 
 **The defaults are sized to a 2-core CPU.** 1 thread (on the machine shared with other jobs, at load
 4–6, one UNet step took 1.1 s with 1 thread and 16 s with 2, spin-waiting), 3000 VAE steps (603 s) and

@@ -1,3 +1,2 @@
-"""Training: `train` (the `Trainer` and `photochat train`), what trains and how (`finetune`: freezing and
-LoRA), its run folder (`run_folder`: checkpoints, resume, final/), dev evaluation and early stopping
-(`dev_eval`), a checkpoint as a model (`checkpoints`) and the GPU budget (`memory`, `steptime`)."""
+"""Training (§2.5, §3.1.2): `train` (the `Trainer`), `finetune` (freezing, LoRA), `run_folder`, `dev_eval`
+(early stopping), `checkpoints` (a checkpoint as a model), and the GPU budget (`memory`, `steptime`)."""

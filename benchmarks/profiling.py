@@ -1,4 +1,5 @@
-"""Peak-memory probes shared by the benchmarks: CUDA's allocator stats, or Linux's VmHWM on CPU."""
+"""Peak-memory probes shared by the benchmarks (CUDA's allocator stats, or Linux's VmHWM on CPU); kept here, not in
+photochat_lib, because only the benchmarks measure memory."""
 from __future__ import annotations
 
 from pathlib import Path
