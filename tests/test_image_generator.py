@@ -91,10 +91,12 @@ def test_generate_returns_images_in_unit_range(gen):
     assert torch.equal(imgs, again), "sampling is seeded"
 
 
-def test_the_pipeline_samples_as_ddim_with_classifier_free_guidance(gen):
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
+def test_the_pipeline_samples_as_ddim_with_classifier_free_guidance(gen, w):
     """`generate` is diffusers' StableDiffusionPipeline fed the one-hot captions' embeddings: bit for bit the
     DDIM + classifier-free-guidance loop of §2.4.3 on the training schedule (no steps_offset the pipeline would
-    otherwise impose), and its PIL output is the same pixels."""
+    otherwise impose), at every guidance scale (the pipeline alone would skip the formula at w <= 1, so w = 0
+    would not ignore the caption), and its PIL output is the same pixels."""
     from diffusers import DDIMScheduler
     r_sd = gen.one_hot(gen.tokenize(["red circle", "blue square"]))
     cond, uncond = gen.encode_onehot(r_sd), gen.encode_onehot(gen.one_hot(gen.tokenize(["", ""])))  # (2, n, D)
@@ -104,10 +106,10 @@ def test_the_pipeline_samples_as_ddim_with_classifier_free_guidance(gen):
     with torch.no_grad():
         for t in sched.timesteps:
             eps_u, eps_c = gen.unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-            latents = sched.step(eps_u + 2.5 * (eps_c - eps_u), t, latents).prev_sample
+            latents = sched.step(eps_u + w * (eps_c - eps_u), t, latents).prev_sample
         by_hand = (gen.vae.decode(latents / gen.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
-    imgs = gen.generate(r_sd, num_inference_steps=4, guidance_scale=2.5, generator=torch.Generator().manual_seed(3))
+    imgs = gen.generate(r_sd, num_inference_steps=4, guidance_scale=w, generator=torch.Generator().manual_seed(3))
     assert torch.equal(imgs, by_hand)
-    pil = gen.generate(r_sd, num_inference_steps=4, guidance_scale=2.5, generator=torch.Generator().manual_seed(3),
+    pil = gen.generate(r_sd, num_inference_steps=4, guidance_scale=w, generator=torch.Generator().manual_seed(3),
                        output_type="pil")
     assert torch.equal(torch.tensor(np.asarray(pil[1])), (by_hand[1].permute(1, 2, 0) * 255).round().to(torch.uint8))

@@ -33,6 +33,15 @@ from photochat_lib.model.sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 MODEL_INDEX = "model_index.json"   # what makes an SD folder a diffusers pipeline
 
 
+class _GuidedAtEveryScale(StableDiffusionPipeline):
+    """diffusers' pipeline skips guidance at w <= 1 and draws from the conditional estimate alone; the formula
+    ε_u + w·(ε_c − ε_u) is kept at every w (w = 0: the caption is ignored, as notebook 05 shows)."""
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return True
+
+
 class ImageGenerator(nn.Module):
     """CLIP text encoder + UNet + VAE + noise scheduler, fed with one-hot caption sequences."""
 
@@ -137,7 +146,7 @@ class ImageGenerator(nn.Module):
         """Return a StableDiffusionPipeline of these components, sampling with DDIM on the training schedule."""
         sampler = DDIMScheduler.from_config(self.scheduler.config)
         # built with steps_offset=1 (else it rewrites the config and warns), then given the schedule itself
-        pipe = StableDiffusionPipeline(self.vae, self.text_encoder, self.tokenizer, self.unet,
+        pipe = _GuidedAtEveryScale(self.vae, self.text_encoder, self.tokenizer, self.unet,
                                        DDIMScheduler.from_config(sampler.config, steps_offset=1), safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
         pipe.scheduler = sampler

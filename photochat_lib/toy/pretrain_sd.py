@@ -1,6 +1,6 @@
 """Pretraining the toy Stable Diffusion from scratch so that it draws what its caption asks for.
 
-The toy preset's image generator (`presets.toy_image_generator`) starts random; the paper's starts
+The toy preset's image generator (`toy.foundation.toy_image_generator`) starts random; the paper's starts
 from stable-diffusion-2-1-base, which already draws captions. This module gives the toy one that
 ability on the toy world's photos (data/toy_world.py), in two stages, like latent diffusion:
 

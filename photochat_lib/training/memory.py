@@ -53,7 +53,7 @@ ADDED_LLM_TOKENS = {"paper": len(SPECIAL_TOKENS), "colab": len(SPECIAL_TOKENS), 
 def build_meta_components(preset: str) -> dict[str, nn.Module]:
     """Return {component: module} for the preset, built on the META device (no memory, no download).
 
-    The same builders as training uses: `presets.build_toy_components` (toy, configs in code) and
+    The same builders as training uses: `toy.foundation.build_toy_components` (toy, configs in code) and
     `presets.build_config_components` (colab/paper, the shipped configs).
     """
     from photochat_lib.presets import build_config_components
