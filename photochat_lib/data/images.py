@@ -89,7 +89,9 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 @dataclass
 class ImageTransform:
-    """PIL image (any mode) -> normalised FloatTensor (3, size, size), for the image perceptron."""
+    """PIL image (any mode) -> normalised FloatTensor (3, size, size): the toy perceptron's input, and the diffusion
+    target (mean = std = 0.5). Kept by hand: torchvision's v2 Resize + CenterCrop + ToDtype + Normalize, which
+    diffusers' examples use, differs by float rounding (<= 4.8e-7, measured), enough to move the toy demo."""
     size: int = 224                                  # output side (BLIP-2: 224; toy: 32)
     mean: tuple[float, float, float] = CLIP_MEAN    # per-channel mean subtracted after scaling to [0, 1]
     std: tuple[float, float, float] = CLIP_STD      # per-channel std divided by
