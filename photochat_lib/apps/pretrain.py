@@ -1,20 +1,11 @@
 """``photochat pretrain``: the toy preset's foundation models, pretrained from scratch on a CPU.
 
-The paper starts from pretrained checkpoints (§3.1.2): Llama-2-7b-chat, BLIP-2's ViT + Q-Former and
-Stable Diffusion 2.1. Nothing can be downloaded for the toy preset, so this command makes tiny stand-ins
-of all of them (`photochat_lib/toy/`), in the same folder layouts the hub presets use:
-
-1. **llm/** — the text dialogue generator (`toy/pretrain_llm.py`);
-2. **perceptron/** — BLIP-2's two stages, simplified (`toy/pretrain_perceptron.py`): ViT + Q-Former learn
-   to name what a photo shows, then, with the LLM frozen, the Q-Former and projection learn to make the
-   LLM describe it;
-3. **sd/** — the image generator (`toy/pretrain_sd.py`);
-4. **classifier/** — the toy judge / Inception stand-in (`toy/classifier.py`);
-5. **toy-end2end/** (next to the foundation) — the foundation trained end to end on the toy world
-   (`train_end2end`): what notebooks 06-08 and ``photochat chat`` load.
-
-plus ``photochat.json``, so ``PhotoChatModel.from_pretrained(out_dir)`` loads the whole toy model.
-Every component folder is built in a temporary sibling and renamed into place.
+The paper starts from Llama-2-7b-chat, BLIP-2's ViT + Q-Former and Stable Diffusion 2.1 (§3.1.2). Nothing can
+be downloaded for the toy preset, so this command makes tiny stand-ins of all of them (`photochat_lib/toy/`) in
+the folder layouts the hub presets use: llm/, perceptron/ (BLIP-2's two stages, simplified), sd/, classifier/
+(the toy judge) and photochat.json, so ``PhotoChatModel.from_pretrained(out_dir)`` loads the whole toy model;
+then toy-end2end/ beside it, that foundation trained end to end (what notebooks 06-08 and ``photochat chat``
+load). Every component folder is built in a temporary sibling and renamed into place.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from transformers import Blip2Config, Blip2PreTrainedModel, Blip2QFormerModel, Blip2VisionModel
 
-from photochat_lib.data.images import Blip2ImageTransform, image_transform
+from photochat_lib.data.images import Blip2ImageTransform, blip2_image_processor, image_transform
 
 
 class ImagePerceptron(Blip2PreTrainedModel):
@@ -115,16 +115,13 @@ def build_image_perceptron(source: str | os.PathLike | Blip2Config, llm_hidden_s
 
 
 def _image_processor(source: str | os.PathLike, token: str | None):
-    """Return the BLIP-2 image processor a checkpoint ships (preprocessor_config.json), else None (the toy's)."""
+    """Return the checkpoint's BLIP-2 image processor (its preprocessor_config.json); a local folder without one (the
+    toy perceptron's) gets None, a Hub repo whose file cannot be read the shipped copy of blip2-opt-2.7b-coco's."""
     from transformers import BlipImageProcessor
-    if os.path.isdir(source):
-        if not os.path.isfile(os.path.join(source, "preprocessor_config.json")):
-            return None
-        return BlipImageProcessor.from_pretrained(source)
-    try:                                         # a Hub id: every BLIP-2 repo has one
+    try:
         return BlipImageProcessor.from_pretrained(source, token=token)
     except OSError:
-        return None
+        return None if os.path.isdir(source) else blip2_image_processor()
 
 
 def init_from_scratch(perceptron) -> None:
