@@ -29,7 +29,7 @@ from photochat_lib.model.image_perceptron import build_image_perceptron, init_fr
 from photochat_lib.model.photochat_model import PhotoChatConfig, PhotoChatModel, load_components
 from photochat_lib.model.text_generator import load_llm
 from photochat_lib.recipe import TrainingRecipe, get_recipe
-from photochat_lib.toy.foundation import (IMAGE_SIZE, TOY_CHECKPOINT, TOY_END2END, build_toy_components,  # noqa: F401
+from photochat_lib.toy.foundation import (IMAGE_SIZE, TOY_CHECKPOINT, TOY_END2END, build_toy_components,
                                           shipped_toy_checkpoint)
 from photochat_lib.toy.tokenizers import build_llm_tokenizer, build_sd_tokenizer
 

@@ -213,7 +213,7 @@ class PhotoChatModel(nn.Module):
         if isinstance(dtype, str):                   # "float16", or "auto": as stored
             dtype = None if dtype == "auto" else getattr(torch, dtype)
         folder = resolve_model_path(path, revision=revision, token=token)
-        if is_training_checkpoint(folder):           # the one import that reaches up a layer: see test_layers.py
+        if is_training_checkpoint(folder):           # an import that reaches up a layer (listed in test_layers.py)
             from photochat_lib.training.checkpoints import load_training_checkpoint
             model = load_training_checkpoint(folder, **overrides)
             return model._placed(folder, dtype, device_map)
