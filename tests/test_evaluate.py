@@ -51,6 +51,24 @@ def test_oracle_replies_score_perfectly_and_files_are_written(toy, model, tmp_pa
     assert all(len(r["prediction_images"]) == 1 and (tmp_path / "eval" / "images").exists() for r in photo_rows)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["BLEU-2"] == pytest.approx(100)
     assert real is not G.generate_batch
+    # the input end: the oracle's remarks are the references, grounded in every dialogue
+    assert m["grounded_remarks"] == m["grounded_oracle"] == 100.0 and m["grounded_n"] == 6
+    assert 20 < m["grounded_chance"] < 60 and m["grounded_states_fact"] == 100.0
+    remarks = [json.loads(ln) for ln in (tmp_path / "eval" / "remarks.jsonl").read_text().splitlines()]
+    assert len(remarks) == 6 and all(r["grounded"] and r["facts"] and all(f["true"] for f in r["facts"])
+                                     for r in remarks)
+
+
+def test_remarks_outside_the_subset_are_scored_too_and_real_data_says_why_not(toy, model, tmp_path, monkeypatch):
+    """grounded_n counts every remark of the split, not only those the seeded subset picked; a dataset without
+    labels.json (PhotoChat, DialogCC) gets a note instead of a number."""
+    import shutil
+    m = evaluate_model(model, toy, "test", max_samples=2, num_inference_steps=2, max_new_tokens=4)["metrics"]
+    assert m["n_samples"] == 2 and m["grounded_n"] == 6 and 0 <= m["grounded_remarks"] <= 100
+    real = tmp_path / "real"
+    shutil.copytree(toy / "test", real / "test")                  # the same dialogues, no labels.json
+    m = evaluate_model(model, real, "test", max_samples=2, num_inference_steps=2, max_new_tokens=4)["metrics"]
+    assert "grounded_remarks" not in m and "labels.json" in m["grounded_note"]
 
 
 def test_untrained_model_is_scored_without_crashing(toy, model, tmp_path):

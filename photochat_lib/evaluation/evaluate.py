@@ -7,10 +7,15 @@
   reference photos; on the toy world also attribute accuracy: does the drawn photo hold the colours
   and shapes of the *reference* caption (judged by the shipped toy classifier);
 * beyond the paper — share timing: precision / recall / F1 of "the reply shares a photo" against
-  the reference, and caption exact match.
+  the reference, and caption exact match;
+* the input end — grounded remarks (`grounding`): of the replies to a photo another speaker shared, the
+  share whose every photo-only fact (background, an object's position or size) is true of the photo.
+  Needs the toy world's labels (``labels.json``); on real data it is left out and metrics.json says so.
+  Every remark sample of the split is scored, not only those of the seeded subset.
 
-`photochat evaluate` writes ``predictions.jsonl`` (id, context, reference, prediction, image paths)
-and ``metrics.json``; given several models (one per seed) it adds their mean ± std.
+`photochat evaluate` writes ``predictions.jsonl`` (id, context, reference, prediction, image paths),
+``remarks.jsonl`` (each remark, its facts and whether it is grounded) and ``metrics.json``; given several
+models (one per seed) it adds their mean ± std.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from photochat_lib.evaluation.grounding import grounded_remarks, is_remark, read_labels
 from photochat_lib.utils.atomic import safe_name, write_json, write_jsonl
 from photochat_lib.utils.cliutil import at_least, non_negative, progress_bar
 from photochat_lib.model.sampling import GUIDANCE_SCALE, SAMPLER_STEPS
@@ -47,7 +53,7 @@ DECODING = ("greedy", "sample")  # how the reply's tokens are chosen from p (eq.
 @torch.no_grad()
 def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_inference_steps: int = SAMPLER_STEPS,
             guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, image_dir: str | Path | None = None,
-            progress: bool = False, decoding: str = "greedy"):
+            progress: bool = False, decoding: str = "greedy", draw_images: bool = True):
     """Return one prediction record per sample (and the drawn PIL images, keyed by sample id).
 
     decoding: "greedy" (argmax of p at every step) or "sample" (a token drawn from p, temperature 1, as
@@ -61,7 +67,7 @@ def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_
         chunk = samples[k:k + batch_size]
         replies = generate_batch(model, [s.context for s in chunk], [s.speaker for s in chunk],
                                  max_new_tokens=max_new_tokens, seed=seed + k, do_sample=decoding == "sample",
-                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+                                 draw_images=draw_images, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
         for s, r in zip(chunk, replies):
             ref_photos = s.target_photos()
             rec = {"id": s.id, "context": _context_text(s), "reference": s.response_text(),
@@ -170,12 +176,41 @@ def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "
         image_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     records, images = predict(model, samples, seed=seed, image_dir=image_dir, progress=progress, **gen_kwargs)
+    remarks = remark_records(model, dialogues, records, read_labels(data), seed, **gen_kwargs)
     model.train(was_training)
     metrics = score(records, images, preset)
+    metrics.update(grounded_remarks(remarks, read_labels(data)) if remarks is not None else
+                   {"grounded_note": "grounded remarks need the toy world's labels.json; this dataset has none"})
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "predictions.jsonl", records)
+        if remarks is not None:
+            write_jsonl(Path(out_dir) / "remarks.jsonl", remarks)
         write_json(Path(out_dir) / "metrics.json", metrics)
     return {"metrics": metrics, "records": records}
+
+
+def remark_records(model, dialogues, records: list[dict], labels: dict | None, seed: int = 0,
+                   **gen_kwargs) -> list[dict] | None:
+    """Return one record per remark sample of the dialogues (`grounding.is_remark`), with its facts and whether it
+    is grounded: predictions already in `records` are reused, the rest generated (text only); None without labels."""
+    from photochat_lib.data.samples import make_samples
+    from photochat_lib.evaluation.grounding import fact_true, grounded, stated_facts
+    if labels is None:
+        return None
+    remarks = [s for s in make_samples(dialogues) if is_remark(s, labels)]
+    done = {r["id"]: r for r in records}
+    todo = [s for s in remarks if s.id not in done]
+    gen_kwargs = {k: v for k, v in gen_kwargs.items() if k in ("max_new_tokens", "decoding")}
+    new, _ = predict(model, todo, seed=seed, draw_images=False, **gen_kwargs) if todo else ([], {})
+    done.update({r["id"]: r for r in new})
+    out = []
+    for s in remarks:
+        r, label = done[s.id], labels[s.dialogue_id]
+        facts = stated_facts(r["prediction"])
+        out.append({"id": s.id, "context": r["context"], "reference": r["reference"], "prediction": r["prediction"],
+                    "facts": [{**vars(f), "true": fact_true(f, label)} for f in facts],
+                    "grounded": grounded(r["prediction"], label)})
+    return out
 
 
 def aggregate(per_seed: list[dict]) -> dict:
@@ -222,7 +257,8 @@ def _cli(args) -> int:
                              seed=args.seed, out_dir=sub, progress=True, num_inference_steps=args.steps,
                              guidance_scale=args.guidance, decoding=args.decoding, lenient=args.lenient)
         runs.append(res["metrics"])
-        print(f"[evaluate] {path}: " + ", ".join(f"{k} {v:.2f}" for k, v in res["metrics"].items()))
+        print(f"[evaluate] {path}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in res["metrics"].items()))
     if len(runs) > 1:
         write_json(out / "metrics.json", {"per_model": dict(zip(args.model, runs)), "mean_std": aggregate(runs)})
     print(f"[evaluate] wrote {out}: metrics.json, predictions.jsonl and the drawn photos in images/"
