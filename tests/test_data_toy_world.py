@@ -12,8 +12,10 @@ import argparse
 from photochat_lib.data import cli as data_cli
 from photochat_lib.data.photochat import read_photochat
 from photochat_lib.data.samples import make_samples
+from photochat_lib.data.photo_facts import grounded, stated_facts
+from photochat_lib.data.toy_phrasings import ACTS, FRIEND_ACTS, SHARER_ACTS, act_of
 from photochat_lib.data.toy_world import (BACKGROUNDS, COLOURS, NOUNS, ToyObject, caption, draw_photo,
-                                         make_split, sample_dialogue, write_toy_dataset)
+                                         make_split, phrasing_of, sample_dialogue, write_toy_dataset)
 
 SMALL = dict(n_train=12, n_dev=4, n_test=4)
 
@@ -66,21 +68,62 @@ def test_reader_finds_images_and_labels_match(tmp_path):
         assert tuple(corner) == BACKGROUNDS[lab["background"]]
 
 
-def test_dialogue_structure_makes_every_part_matter():
+@pytest.mark.parametrize("phrasing", ["train", "test"])
+def test_dialogue_structure_makes_every_part_matter(phrasing):
     for i in range(200):
-        turns, objects, bg = sample_dialogue(random.Random(i))
+        turns, objects, bg = sample_dialogue(random.Random(i), phrasing)
         k = next(j for j, t in enumerate(turns) if t["share_photo"])
-        before = " ".join(t["message"] for t in turns[:k]).lower()
-        after = " ".join(t["message"] for t in turns[k + 1:]).lower()
-        # when: the photo follows a request or an accepted offer
-        assert re.search(r"show me|picture of them|love to see|send me a pic|yes please|of course|"
-                         r"send it|want to see!", before)
-        # what: every object is named (colour + noun) before the photo, in caption order
-        positions = [before.index(f"{o.colour} {o.noun}") for o in objects]
-        assert positions == sorted(positions)
-        # perception: background/position/size are never said before the photo, but one is after
-        assert bg not in before and not re.search(r"\b(left|middle|right|tiny|huge)\b", before)
-        assert bg in after or re.search(r"\b(left|middle|right|small|big|tiny|huge)\b", after)
+        sharer = turns[k]["user_id"]
+        acts = [act_of(t["message"]) for t in turns]
+        assert None not in acts[:k] + acts[k + 1:]                       # every line is one of the acts
+        # when: the photo follows the friend's request or accepted offer, or the sharer's announcement
+        trigger = [a for a in acts[:k] if a != "before_photo"][-1]
+        assert trigger in ("ask", "accept", "announce")
+        # what: every object is named before the photo, in caption order (colours in order, nouns present)
+        got = next(t["message"] for t, a in zip(turns, acts) if a == "got")
+        colours = [m.group(0) for m in re.finditer("|".join(COLOURS), got)]
+        assert colours == [o.colour for o in objects] and all(o.noun in got for o in objects)
+        # perception: no photo-only fact before the photo; after it, the friend states true ones
+        before = " ".join(t["message"] for t in turns[:k])
+        assert not stated_facts(before), before
+        label = {"background": bg, "objects": [vars(o) for o in objects]}
+        remark = next(t["message"] for t in turns[k + 1:] if t["user_id"] != sharer)
+        assert grounded(remark, label), remark
+        # who says what: the sharer's acts are the sharer's, the friend's the friend's
+        for t, a in zip(turns, acts):
+            assert a not in (FRIEND_ACTS if t["user_id"] == sharer else SHARER_ACTS), (t, a)
+
+
+def test_the_test_split_is_worded_from_its_own_pool(tmp_path):
+    """Train and dev use training phrasings only, test only held-out ones: no line of one is a phrasing of the other."""
+    def pools_of(line):
+        found = set()
+        for lines in ACTS.values():
+            for k, text in enumerate(lines):
+                parts = re.split(r"\{\w+\}", text)
+                if re.fullmatch("(.+?)".join(map(re.escape, parts)), line):
+                    found.add("test" if k % 4 == 3 else "train")
+        return found
+    for split, pool in (("train", "train"), ("dev", "train"), ("test", "test")):
+        lines = [t["message"] for d, _, _ in make_split(split, 60, 0) for t in d["dialogue"] if t["message"]]
+        assert all(pool in pools_of(line) for line in lines), split
+        assert phrasing_of(split) == pool
+    # the test split's item styles are its own too ("a red and a blue box" appears only there)
+    test_text = " ".join(t["message"] for d, _, _ in make_split("test", 300, 0) for t in d["dialogue"])
+    train_text = " ".join(t["message"] for d, _, _ in make_split("train", 300, 0) for t in d["dialogue"])
+    assert " as well as " in test_text and " as well as " not in train_text
+    assert " plus " in train_text and " plus " not in test_text
+
+
+def test_no_hand_written_line_is_a_phrasing_of_the_generator():
+    """The held-out wording set (data/wording.py) is worded by people, not by the generator's pools."""
+    from photochat_lib.data.wording import PHOTO, read_source
+    for split in ("test", "dev"):
+        dialogues = read_source(split)
+        assert len(dialogues) >= (60 if split == "test" else 30)
+        generated = [(d["dialogue_id"], text) for d in dialogues for _, text in d["turns"]
+                     if text != PHOTO and act_of(text) is not None]
+        assert not generated, generated
 
 
 def test_draw_photo_shapes_and_positions():

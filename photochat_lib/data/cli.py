@@ -1,4 +1,5 @@
-"""``photochat data {toy,stats,download}``: make the toy world, count a dataset, fetch the real ones."""
+"""``photochat data {toy,wording,stats,download}``: make the toy world and the held-out wording set, count a dataset,
+fetch the real ones."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,12 @@ def register(subparsers) -> None:
     toy.add_argument("--image-size", type=int, default=32, help="Side of the square RGB images in pixels "
                      "(default: 32).")
     toy.set_defaults(func=_toy)
+
+    wording = sub.add_parser("wording", help="Write the held-out wording set: hand-written toy-world dialogues "
+                             "in phrasings the generator never produces (evaluation only).")
+    wording.add_argument("--out", default="data/wording", help="Output folder; replaced atomically if it is empty "
+                         "or a wording dataset, refused otherwise (default: data/wording).")
+    wording.set_defaults(func=_wording)
 
     stats = sub.add_parser("stats", help="Print Table 1's statistics for one or more dataset paths.")
     stats.add_argument("paths", nargs="+", metavar="PATH", help="A PhotoChat-format JSON file or a folder "
@@ -66,6 +73,18 @@ def _toy(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.n_train}/{args.n_dev}/{args.n_test} train/dev/test dialogues to {out}")
+    return 0
+
+
+def _wording(args: argparse.Namespace) -> int:
+    """Write the wording set; returns 0."""
+    from photochat_lib.data.wording import read_source, write_wording_dataset
+    try:
+        out = write_wording_dataset(args.out)
+    except ValueError as e:                      # a folder that is not a wording dataset: nothing was touched
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(read_source('test'))}/{len(read_source('dev'))} test/dev hand-written dialogues to {out}")
     return 0
 
 

@@ -61,6 +61,18 @@ class Sample:
         """Return True when the response shares a photo."""
         return any(t.photo is not None for t in self.response)
 
+    @property
+    def answers_photo(self) -> bool:
+        """Return True when the response is the first one after a photo *another* speaker shared: the reply
+        that can speak about what only the photo shows (the input end's job, §2.3)."""
+        for k in range(len(self.context) - 1, -1, -1):
+            t = self.context[k]
+            if t.photo is not None:
+                return t.speaker != self.speaker and not self.shares_photo
+            if t.speaker == self.speaker:
+                return False
+        return False
+
 
 def runs(turns: list[Turn]) -> list[list[Turn]]:
     """Return the maximal runs of consecutive same-speaker turns (photo turns included)."""

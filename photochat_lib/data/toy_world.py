@@ -33,6 +33,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from photochat_lib.data import toy_phrasings as P
 from photochat_lib.utils.atomic import replace_dir
 
 COLOURS = {  # object colour -> RGB
@@ -50,35 +51,9 @@ PLACES = ["market", "fair", "toy shop", "flea market", "mall", "garage sale", "c
 WHEN = ["today", "yesterday", "this morning", "last weekend", "on Sunday"]
 CAPTION_PREFIX = "Objects in the photo: "  # PhotoChat's photo_description style
 
-GREET = ["Hi {name}! How are you?", "Hey {name}, how is it going?", "Hello {name}! Long time no see.",
-         "Good morning {name}! What's up?", "Hi there {name}!"]
-GREET_BACK = ["I'm good, thanks! And you?", "Pretty good. What about you?", "Doing great, thanks!",
-              "Not bad at all. How are you?", "Hey! I'm fine."]
-TRIP = ["I went to the {place} {when}.", "I was at the {place} {when}.",
-        "I stopped by the {place} {when}.", "Guess where I went {when}? The {place}!"]
-GOT = ["I got {items}.", "I bought {items}.", "I found {items} there.", "I picked up {items}.",
-       "I came home with {items}."]
-REACT = ["Nice! That sounds fun.", "Oh cool!", "Wow, lucky you.", "That sounds great!", "Sounds nice."]
-ASK = ["Can you show me a photo?", "Do you have a picture of them?", "I would love to see them!",
-       "Can you send me a pic?", "Show me, please!"]
-OFFER = ["Do you want to see a photo?", "Want to see a picture?", "Should I send you a pic?"]
-ACCEPT = ["Yes please!", "Of course!", "Sure, send it!", "Yes, I want to see!"]
-BEFORE_PHOTO = ["Sure, here you go!", "Here it is.", "Okay, one moment.", "Sure!"]
-AFTER_PHOTO = ["Here they are.", "What do you think?", "This is the photo."]
-SEE_BG = ["I love the {bg} background.", "The {bg} background looks nice.",
-          "Why is the background {bg}?", "Nice photo, the background is so {bg}!"]
-SEE_POS = ["The {colour} {noun} on the {pos} is my favourite.", "I like the {colour} {noun} on the {pos}.",
-           "Is that the {colour} {noun} on the {pos}?"]
-SEE_SIZE = ["Wow, the {colour} {noun} is so {size_word}!", "The {colour} {noun} looks {size_word}.",
-            "Oh, the {colour} {noun} is {size_word}!"]
-SIZE_WORDS = {"small": ["small", "tiny"], "big": ["big", "huge"]}
-BG_REPLY = ["Thanks! I put them on a {bg} table.", "Yes, I took it on my {bg} desk.",
-            "Haha, {bg} is my favourite colour."]
-POS_REPLY = ["Yes, I put it on the {pos}.", "Thanks! The one on the {pos} is mine too.",
-             "Yes, that one is on the {pos}."]
-SIZE_REPLY = ["Yes, it is really {size}.", "I know, it is {size}!", "Yes, a {size} one."]
-BYE = ["I have to go now. Bye!", "Talk to you later!", "See you soon!", "Bye, have a nice day!"]
-BYE_BACK = ["Bye!", "See you!", "Take care!", "Later!"]
+# The dialogue acts' phrasings and the item styles live in `toy_phrasings` (a training and a test pool).
+SIZE_WORDS = P.SIZE_WORDS
+WHERE = P.WHERE
 
 
 @dataclass(frozen=True)
@@ -97,61 +72,82 @@ def caption(objects: list[ToyObject]) -> str:
 
 
 def _items(objects: list[ToyObject]) -> str:
-    """Return "a red ball, a blue box and a green kite"."""
-    words = [f"a {o.colour} {o.noun}" for o in objects]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    """Return "a red ball, a blue box and a green kite" (the first item style: what scene texts use)."""
+    return P.ITEM_STYLES[0]([(o.colour, o.noun) for o in objects])
 
 
-def sample_dialogue(rng: random.Random) -> tuple[list[dict], list[ToyObject], str]:
-    """Return (PhotoChat turns, the photo's objects, background colour) for one toy dialogue."""
+def sample_dialogue(rng: random.Random, phrasing: str = "train") -> tuple[list[dict], list[ToyObject], str]:
+    """Return (PhotoChat turns, the photo's objects, background colour) for one toy dialogue.
+
+    phrasing: which pool of `toy_phrasings` words it ("train", "test" or "all").
+    """
+    say_ = {act: P.pool(lines, phrasing) for act, lines in P.ACTS.items()}
+    styles = P.pool(P.ITEM_STYLES, phrasing)
     n = rng.randint(1, 3)
     positions = rng.sample(POSITIONS, n)  # independent of mention order: perception only
-    kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)  # no two alike in one photo
-    objects = [ToyObject(c, s, rng.choice(NOUNS[s]), rng.choice(SIZES), pos)
-               for (c, s), pos in zip(kinds, positions)]
+    if n > 1 and rng.random() < 0.2:              # one noun, several colours: "two boxes, a red one and a blue one"
+        shape = rng.choice(SHAPES)
+        kinds = [(c, shape) for c in rng.sample(list(COLOURS), n)]
+        nouns = [rng.choice(NOUNS[shape])] * n
+    else:
+        kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)  # no two alike in one photo
+        nouns = [rng.choice(NOUNS[s]) for _, s in kinds]
+    objects = [ToyObject(c, s, noun, rng.choice(SIZES), pos) for (c, s), noun, pos in zip(kinds, nouns, positions)]
     bg = rng.choice(list(BACKGROUNDS))
     sharer = rng.randint(0, 1)
     friend = 1 - sharer
     first = rng.randint(0, 1)
     turns: list[dict] = []
 
-    def say(user: int, text: str) -> None:
-        turns.append({"message": text, "share_photo": False, "user_id": user})
+    def say(user: int, act: str, **fields) -> None:
+        turns.append({"message": rng.choice(say_[act]).format(**fields), "share_photo": False, "user_id": user})
 
-    say(first, rng.choice(GREET).format(name=rng.choice(NAMES)))
-    say(1 - first, rng.choice(GREET_BACK))
-    if rng.random() < 0.6:  # the story sometimes takes two consecutive turns of the sharer
-        say(sharer, rng.choice(TRIP).format(place=rng.choice(PLACES), when=rng.choice(WHEN)))
-    say(sharer, rng.choice(GOT).format(items=_items(objects)))
-    say(friend, rng.choice(REACT))
-    if rng.random() < 0.5:
-        say(friend, rng.choice(ASK))
-    else:
-        say(sharer, rng.choice(OFFER))
-        say(friend, rng.choice(ACCEPT))
-    if rng.random() < 0.5:
-        say(sharer, rng.choice(BEFORE_PHOTO))
+    trip = dict(place=rng.choice(PLACES), when=rng.choice(WHEN))
+    say(first, "greet", name=rng.choice(NAMES))
+    say(1 - first, "greet_back")
+    r = rng.random()
+    if r < 0.25:                                   # small talk: the friend asks, the sharer tells where they went
+        say(friend, "small_talk")
+        say(sharer, "trip", **trip)
+    elif r < 0.6:                                  # the story takes two consecutive turns of the sharer
+        say(sharer, "trip", **trip)
+    say(sharer, "got", items=P.items_text([(o.colour, o.noun) for o in objects], styles, rng))
+    r = rng.random()
+    if r < 0.45:                                   # the friend asks
+        if rng.random() < 0.7:
+            say(friend, "react")
+        say(friend, "ask")
+        if rng.random() < 0.5:
+            say(sharer, "before_photo")
+    elif r < 0.85:                                 # the sharer offers and the friend accepts
+        say(friend, "react")
+        say(sharer, "offer")
+        say(friend, "accept")
+        if rng.random() < 0.5:
+            say(sharer, "before_photo")
+    else:                                          # the sharer shares unasked
+        if rng.random() < 0.5:
+            say(friend, "react")
+        say(sharer, "announce")
     turns.append({"message": "", "share_photo": True, "user_id": sharer})
     if rng.random() < 0.3:
-        say(sharer, rng.choice(AFTER_PHOTO))
+        say(sharer, "after_photo")
     # replies that need the photo: background, position, size (one or two of them)
     acts = rng.sample(["bg", "pos", "size"], rng.randint(1, 2))
-    replies = []
     for act in acts:
         o = rng.choice(objects)
         if act == "bg":
-            say(friend, rng.choice(SEE_BG).format(bg=bg))
-            replies.append(rng.choice(BG_REPLY).format(bg=bg))
+            say(friend, "see_bg", bg=bg)
+            reply = dict(act="bg_reply", bg=bg)
         elif act == "pos":
-            say(friend, rng.choice(SEE_POS).format(colour=o.colour, noun=o.noun, pos=o.position))
-            replies.append(rng.choice(POS_REPLY).format(pos=o.position))
+            say(friend, "see_pos", colour=o.colour, noun=o.noun, where=WHERE[o.position])
+            reply = dict(act="pos_reply", where=WHERE[o.position])
         else:
-            say(friend, rng.choice(SEE_SIZE).format(colour=o.colour, noun=o.noun,
-                                                    size_word=rng.choice(SIZE_WORDS[o.size])))
-            replies.append(rng.choice(SIZE_REPLY).format(size=o.size))
-    say(sharer, replies[-1])
-    say(friend, rng.choice(BYE))
-    say(sharer, rng.choice(BYE_BACK))
+            say(friend, "see_size", colour=o.colour, noun=o.noun, size_word=rng.choice(SIZE_WORDS[o.size]))
+            reply = dict(act="size_reply", size=o.size)
+    say(sharer, **reply)                           # the sharer answers the last remark
+    say(friend, "bye")
+    say(sharer, "bye_back")
     return turns, objects, bg
 
 
@@ -175,12 +171,17 @@ def draw_photo(objects: list[ToyObject], background: str, size: int = 32) -> Ima
     return img
 
 
+def phrasing_of(split: str) -> str:
+    """Return the phrasing pool a split is written in: the test split's own, every other split's the training one."""
+    return "test" if split == "test" else "train"
+
+
 def make_split(split: str, n: int, seed: int) -> list[tuple[dict, list[ToyObject], str]]:
-    """Return n (PhotoChat dialogue dict, objects, background) for one split."""
+    """Return n (PhotoChat dialogue dict, objects, background) for one split (worded by `phrasing_of(split)`)."""
     out = []
     for i in range(n):
         rng = random.Random(f"photochat-toy:{seed}:{split}:{i}")  # str seeds hash with sha512: stable
-        turns, objects, bg = sample_dialogue(rng)
+        turns, objects, bg = sample_dialogue(rng, phrasing_of(split))
         did = f"{split}-{i:05d}"
         out.append(({"dialogue": turns, "dialogue_id": did, "photo_description": caption(objects),
                      "photo_url": f"images/{did}.png"}, objects, bg))
