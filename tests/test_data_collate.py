@@ -169,7 +169,8 @@ def test_truncation_drops_oldest_turns_whole(toks, dialogue):
     col, full = collate(toks, [sample])
     n_full = int(full["attention_mask"].sum())
     n_resp = int((full["labels"] != IGNORE_INDEX).sum())
-    for max_length in range(n_full - 1, n_resp, -3):
+    n_min = n_resp + 1 + len(llm.tokenize("B:"))    # bos, the responder's tag, the response and eos
+    for max_length in range(n_full - 1, n_min - 1, -3):
         _, b = collate(toks, [sample], max_length=max_length)
         n = int(b["attention_mask"].sum())
         assert n <= max_length

@@ -161,11 +161,12 @@ def test_shipped_llm_speaks_the_toy_world():
 
 
 def test_shipped_llm_copies_what_is_named_and_knows_the_shapes():
-    """A foundation's two abilities (corpus.py), on prompts of a stream pretraining never drew."""
+    """A foundation's abilities (corpus.py), on prompts of a stream pretraining never drew: copy, shapes, knowledge,
+    lookup, and shapes in wordings no pretraining text uses."""
     from photochat_lib.toy.corpus import probe_llm
     llm, tok = load_llm(str(DEFAULT_OUT / "llm"))
-    scores = probe_llm(llm, tok, n=40, seed=123, kinds=("copy", "shapes", "knowledge"))
-    assert min(scores.values()) >= 0.9, scores
+    scores = probe_llm(llm, tok, n=40, seed=123)
+    assert min(scores.values()) >= 0.9, scores          # shapes_new_wording included (issue target: >= 90 %)
 
 
 def test_shipped_perceptron_lets_the_llm_describe_fresh_photos():
@@ -192,6 +193,8 @@ def test_corpus_holds_every_kind_and_never_the_photo_format():
     assert not any("Objects in the photo" in x for x in texts)
     assert sum(x.startswith("<s> A: ") for x in texts) / len(texts) == pytest.approx(MIX["dialogue"], abs=0.08)
     assert any("In shapes, that is" in x for x in texts) and any(" is a triangle." in x for x in texts)
+    # a dialogue's photo is its description in words, so the remarks after it are about what it shows
+    assert any("(photo: A " in x and " background with " in x for x in texts)
 
 
 def test_knowledge_and_copying_texts_are_true_to_the_toy_world():
@@ -208,9 +211,26 @@ def test_knowledge_and_copying_texts_are_true_to_the_toy_world():
     text = copying_text(random.Random(4))
     assert text.count(".") >= 1 and "photo" not in text
     prompt, want = probe_examples("shapes_new_wording", random.Random(2))
-    assert prompt.endswith("in the same order:") and want.startswith("a ") and " ball" not in want
+    assert want.startswith("a ") and " ball" not in want and " coin" not in want
+    prompt, want = probe_examples("lookup", random.Random(2))
+    assert prompt.startswith("A ") and "background with" in prompt and want in (" on the left", " in the middle",
+                                                                                 " on the right")
     objs = [ToyObject("red", "circle", "coin", "big", "left"), ToyObject("blue", "triangle", "tent", "small", "right")]
     assert shapes(objs) == "a red circle and a blue triangle"
+
+
+def test_the_new_wording_probes_are_worded_as_no_pretraining_text_is():
+    """The shapes_new_wording probe measures generalisation only if no pretraining text shares its wording: none of
+    its prompts' fixed words (the template minus its slots) occurs in 2000 pretraining sequences or any template."""
+    from photochat_lib.toy.corpus import COPY, NEW_WORDING_PROBES, PICK
+    from photochat_lib.toy.pretrain_llm import lm_example
+    _, tok, _, _ = build_toy_components(0)
+    collator = Collator(tok, None, None, None, max_length=384)
+    rng = random.Random(5)
+    corpus = " ".join(tok.decode(lm_example(rng, collator)) for _ in range(2000)) + " ".join(COPY + PICK)
+    for template in NEW_WORDING_PROBES:
+        fixed = template.split("{items}.")[1].strip()         # e.g. "Their shapes, in the same order:"
+        assert fixed not in corpus, fixed
 
 
 def test_probe_scores_a_model_that_knows_the_answers():

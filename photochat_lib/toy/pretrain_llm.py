@@ -23,8 +23,8 @@ from photochat_lib.data.schema import Turn
 from photochat_lib.data.tokens import IGNORE_INDEX
 from photochat_lib.data.toy_world import sample_dialogue
 from photochat_lib.model.text_generator import text_loss
-from photochat_lib.toy.corpus import MIX, copying_text, knowledge_text, probe_llm
-from photochat_lib.toy.pretrain_perceptron import adamw, describe_scene, random_scene, warmup_cosine
+from photochat_lib.toy.corpus import MIX, copying_text, knowledge_text, probe_llm, scene_text
+from photochat_lib.toy.pretrain_perceptron import adamw, describe_scene, warmup_cosine
 from photochat_lib.utils.cliutil import progress_bar
 
 
@@ -43,41 +43,30 @@ class LLMPretrainConfig:
 
 
 def dialogue_turns(rng: random.Random) -> list[Turn]:
-    """Return one freshly sampled toy dialogue's text turns; its photo turn is dropped (no [IMG] ever)."""
-    turns, _, _ = sample_dialogue(rng)
-    return [Turn(speaker=str(t["user_id"]), text=t["message"]) for t in turns if not t["share_photo"]]
+    """Return one freshly sampled toy dialogue (training phrasings) as text turns; its photo turn is written as
+    the photo's description in words, so what is said about the photo is true of it (no [IMG] ever)."""
+    turns, objects, bg = sample_dialogue(rng, "train")
+    return [Turn(speaker=str(t["user_id"]), text=f"(photo: {describe_scene(objects, bg)})" if t["share_photo"]
+                 else t["message"]) for t in turns]
 
 
 def chat_ids(collator: Collator, turns: list[Turn]) -> list[int]:
-    """Return the ids of a text-only dialogue in the collate step's chat layout: <s> A: ...\\n B: ... </s>."""
+    """Return the ids of a text-only dialogue in the collate step's chat layout: <s> A: ...\n B: ... </s>."""
     speakers = tuple(dict.fromkeys(t.speaker for t in turns))
     sample = Sample(id="pretrain", dialogue_id="pretrain", context=turns[:-1], response=turns[-1:],
                     speakers=speakers)
     return collator.encode(sample)["input_ids"]
 
 
-def scene_record(objects, background: str) -> str:
-    """Return a terse record of a scene, objects in their (random) drawing order: "Scene: left big red circle; ..."."""
-    return "Scene: " + "; ".join(f"{o.position} {o.size} {o.colour} {o.shape}" for o in objects) + \
-        f"; background {background}."
-
-
 def lm_example(rng: random.Random, collator: Collator, mix: dict[str, float] = MIX) -> list[int]:
     """Return one pretraining sequence of a kind drawn from `mix` (see `corpus`): a chat-layout
-    dialogue, or <s> text </s> with a scene description, world knowledge or a copying narrative."""
+    dialogue, or <s> text </s> with a described scene and questions about it, world knowledge or a copying
+    narrative."""
     tok = collator.llm
     kind = rng.choices(list(mix), weights=list(mix.values()))[0]
     if kind == "dialogue":
         return chat_ids(collator, dialogue_turns(rng))
-    if kind == "description":
-        objects, bg = random_scene(rng)
-        text = describe_scene(objects, bg)
-        if rng.random() < 0.5:  # data-to-text: verbalise a record given earlier in the context
-            text = scene_record(objects, bg) + "\n" + text
-    elif kind == "knowledge":
-        text = knowledge_text(rng)
-    else:
-        text = copying_text(rng)
+    text = {"scene": scene_text, "knowledge": knowledge_text, "copying": copying_text}[kind](rng)
     return [tok.bos_token_id] + tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
 
 

@@ -114,6 +114,8 @@ class PerceptronPretrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay on weight matrices
     warmup_steps: int = 30      # linear warm-up, then cosine decay to 10 % of lr
     llm_lr: float = 0.0         # 0: the LLM is frozen, as in BLIP-2's stage 2; > 0: it trains too, at this lr
+    dialogue_share: float = 0.5  # share of each stage-2 batch that is a dialogue cut after a shared photo, the
+                                 # friend's reply to it scored (the photo read mid-dialogue); the rest descriptions
     n_eval: int = 200           # fresh photos (a stream training never sees) for the final greedy check
     image_size: int = 32        # side of the drawn photos (the toy preset's ViT input)
 
@@ -153,6 +155,39 @@ def description_batch(llm, tokenizer, visual: torch.Tensor, texts: list[str]):
     mask = torch.cat([torch.ones(B, Q, dtype=torch.long), text_mask], dim=1)       # (B, Q+L)
     labels = torch.cat([torch.full((B, Q), IGNORE_INDEX, dtype=torch.long), labels], dim=1)  # (B, Q+L)
     return embeds, mask, labels
+
+
+def remark_batch(llm, tokenizer, perceptron, rng: random.Random, n: int, image_size: int = 32):
+    """Return (inputs_embeds, attention_mask, labels, labels of the photos) for n fresh toy dialogues cut after the
+    friend's first reply to the shared photo: the photo's 32 visual tokens stand mid-dialogue where the collate
+    step puts them (eq. 3) and only that reply is scored. In the LLM's pretraining dialogues the photo stood there
+    as its description in words; here the perceptron must say the same through its visual tokens."""
+    from photochat_lib.data.collate import Collator
+    from photochat_lib.data.samples import make_samples
+    from photochat_lib.data.schema import Dialogue, Photo, Turn
+    from photochat_lib.data.toy_world import sample_dialogue
+    from photochat_lib.model.text_generator import placeholder_id, splice_visual_tokens
+    collator = Collator(tokenizer, None, None, None, max_length=384)
+    encoded, pixels, labels_of_photos = [], [], []
+    for _ in range(n):
+        turns, objects, bg = sample_dialogue(rng, "train")
+        dialogue = Dialogue("pretrain", [Turn(str(t["user_id"]), photo=Photo(caption="photo")) if t["share_photo"]
+                                         else Turn(str(t["user_id"]), t["message"]) for t in turns], "pretrain")
+        encoded.append(collator.encode(next(s for s in make_samples([dialogue]) if s.answers_photo)))
+        pixels.append(image_transform(image_size)(draw_photo(objects, bg, image_size)))
+        labels_of_photos.append({"background": bg, "objects": [vars(o) for o in objects]})
+    T = max(len(e["input_ids"]) for e in encoded)
+    input_ids = torch.full((n, T), tokenizer.pad_token_id, dtype=torch.long)      # (B, T)
+    labels = torch.full((n, T), IGNORE_INDEX, dtype=torch.long)                   # (B, T)
+    mask = torch.zeros(n, T, dtype=torch.long)                                    # (B, T)
+    for b, e in enumerate(encoded):
+        input_ids[b, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        labels[b, : len(e["labels"])] = torch.tensor(e["labels"])
+        mask[b, : len(e["input_ids"])] = 1
+    visual = perceptron(torch.stack(pixels).to(perceptron.device, perceptron.dtype))  # eq. (3): (B, 32, D)
+    embeds = splice_visual_tokens(llm.get_input_embeddings()(input_ids), input_ids, placeholder_id(tokenizer),
+                                  visual.to(llm.dtype), torch.arange(n))           # (B, T, D)
+    return embeds, mask, labels, labels_of_photos
 
 
 def scene_batch(rng: random.Random, n: int, image_size: int = 32):
@@ -277,12 +312,19 @@ def pretrain_perceptron(llm, tokenizer, perceptron, config: PerceptronPretrainCo
     sched = warmup_cosine(opt, cfg.warmup_steps, cfg.steps)
     losses, t0 = [], time.time()
     bar = progress_bar(range(cfg.steps), desc="perceptron", disable=not progress, leave=False)
+    n_dialogue = round(cfg.batch_size * cfg.dialogue_share)
     for _ in bar:
-        pixels, texts, _ = scene_batch(rng, cfg.batch_size, cfg.image_size)
-        visual = perceptron(pixels)                                                # eq. (3): (B, 32, D)
-        embeds, mask, labels = description_batch(llm, tokenizer, visual, texts)
-        logits = llm(inputs_embeds=embeds, attention_mask=mask).logits             # (B, Q+L, V) eq. (1)
-        loss = text_loss(logits, labels)                                           # eq. (2)
+        loss = 0.0
+        if n_dialogue < cfg.batch_size:                                            # photos described in full
+            pixels, texts, _ = scene_batch(rng, cfg.batch_size - n_dialogue, cfg.image_size)
+            visual = perceptron(pixels)                                            # eq. (3): (B, 32, D)
+            embeds, mask, labels = description_batch(llm, tokenizer, visual, texts)
+            logits = llm(inputs_embeds=embeds, attention_mask=mask).logits         # (B, Q+L, V) eq. (1)
+            loss = text_loss(logits, labels) * (1 - cfg.dialogue_share)            # eq. (2)
+        if n_dialogue:                                                             # photos read mid-dialogue
+            embeds, mask, labels, _ = remark_batch(llm, tokenizer, perceptron, rng, n_dialogue, cfg.image_size)
+            logits = llm(inputs_embeds=embeds, attention_mask=mask).logits         # (B, T, V) eq. (1)
+            loss = loss + text_loss(logits, labels) * cfg.dialogue_share           # eq. (2) on the reply
         opt.zero_grad(set_to_none=True)
         if replay is not None and cfg.llm_lr > 0:
             loss_keep = replay()                       # eq. (2) on dialogue text, so the LLM keeps its language
@@ -302,6 +344,7 @@ def pretrain_perceptron(llm, tokenizer, perceptron, config: PerceptronPretrainCo
         metrics["representation"] = stage1
     if cfg.n_eval:
         metrics["heldout"] = evaluate_perceptron(llm, tokenizer, perceptron, cfg.n_eval, seed, cfg.image_size)
+        metrics["heldout_remarks"] = evaluate_remarks(llm, tokenizer, perceptron, cfg.n_eval, seed, cfg.image_size)
     return metrics
 
 
@@ -331,3 +374,24 @@ def evaluate_perceptron(llm, tokenizer, perceptron, n: int = 200, seed: int = 0,
     scores = description_scores(predicted, scenes)
     scores["examples"] = [{"predicted": p, "gold": describe_scene(*s)} for p, s in zip(predicted[:3], scenes[:3])]
     return scores
+
+
+@torch.no_grad()
+def evaluate_remarks(llm, tokenizer, perceptron, n: int = 200, seed: int = 0, image_size: int = 32) -> dict:
+    """Return the share of n held-out toy dialogues whose greedy reply to the photo (the frozen LLM reading the
+    photo mid-dialogue) states a photo-only fact and only true ones (`data.photo_facts.grounded`)."""
+    from photochat_lib.data.photo_facts import grounded
+    rng = random.Random(f"photochat-pretrain-remarks-heldout:{seed}")
+    was_training = perceptron.training
+    perceptron.eval()
+    hits, examples = 0, []
+    for _ in range(n):
+        embeds, mask, labels, photo = remark_batch(llm, tokenizer, perceptron, rng, 1, image_size)
+        start = int((labels[0] != IGNORE_INDEX).nonzero()[0])                     # the reply's first token
+        out = llm.generate(inputs_embeds=embeds[:, :start], attention_mask=mask[:, :start], max_new_tokens=32,
+                           do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        reply = tokenizer.decode(out[0].tolist(), skip_special_tokens=True).split("\n")[0].strip()
+        hits += grounded(reply, photo[0])
+        examples.append(reply)
+    perceptron.train(was_training)
+    return {"grounded": hits / max(1, n), "n_dialogues": n, "examples": examples[:3]}

@@ -18,6 +18,7 @@ Both are deterministic: same corpus -> same vocabulary.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Iterable
 
@@ -29,14 +30,38 @@ from photochat_lib.data.tokens import SPECIAL_TOKENS
 LLM_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, then [IMG], [/IMG], <image>
 SD_BOS, SD_EOS = "<|startoftext|>", "<|endoftext|>"
 SD_MAX_LENGTH = 24  # the longest toy caption is 22 SD tokens with bos/eos (tests check it fits)
+SD_WORDS = (  # the distinct words CLIP-style merges are learnt from (see build_sd_tokenizer)
+    '!', "'m", "'s", ',', '.', ':', '?', 'a', 'about', 'alex', 'all', 'and', 'are', 'at', 'b',
+    'background', 'bad', 'ball', 'ben', 'big', 'black', 'block', 'blue', 'bought', 'box', 'by', 'bye',
+    'came', 'can', 'care', 'circle', 'coin', 'colour', 'cool', 'course', 'craft', 'day', 'desk', 'do',
+    'doing', 'fair', 'favourite', 'fine', 'flag', 'flea', 'found', 'fun', 'garage', 'go', 'going', 'good',
+    'got', 'gray', 'great', 'green', 'guess', 'haha', 'have', 'hello', 'here', 'hey', 'hi', 'home', 'how',
+    'huge', 'i', 'in', 'is', 'it', 'ivy', 'kite', 'know', 'last', 'later', 'left', 'leo', 'like', 'long',
+    'looks', 'love', 'lucky', 'mall', 'market', 'max', 'me', 'mia', 'middle', 'mine', 'moment', 'morning',
+    'my', 'nice', 'no', 'nora', 'not', 'now', 'objects', 'of', 'oh', 'okay', 'on', 'one', 'photo', 'pic',
+    'picked', 'picture', 'plate', 'please', 'pretty', 'purple', 'put', 'really', 'red', 'right', 'sale',
+    'sam', 'see', 'send', 'shop', 'should', 'show', 'small', 'so', 'soon', 'sounds', 'square', 'stopped',
+    'store', 'sunday', 'sure', 'table', 'take', 'talk', 'tent', 'thanks', 'that', 'the', 'them', 'there',
+    'they', 'think', 'this', 'tile', 'time', 'tiny', 'to', 'today', 'tom', 'too', 'took', 'toy',
+    'triangle', 'up', 'want', 'was', 'weekend', 'went', 'what', 'where', 'white', 'why', 'with', 'would',
+    'wow', 'yellow', 'yes', 'yesterday', 'you', 'zoe',
+)
 # CLIP's word splitter (transformers' CLIPTokenizer uses the same regex at encode time)
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 def toy_corpus() -> list[str]:
-    """Return the text both toy tokenizers are trained on: toy-world messages, captions, word lists."""
+    """Return the text the toy LLM tokenizer is trained on: toy-world messages (training phrasings), captions,
+    word lists, and a fixed sample of the LLM's pretraining text (`toy.corpus`: knowledge, copying, scenes)."""
+    import random
+
     from photochat_lib.data.toy_world import toy_texts  # lazy: the data package imports this module
-    return toy_texts() + ["A: B:"]  # the chat layout's speaker tags (see data/collate.py)
+    from photochat_lib.toy.corpus import copying_text, knowledge_text, scene_text
+    from photochat_lib.toy.pretrain_llm import dialogue_turns
+    rng = random.Random("photochat-tokenizer-corpus")
+    dialogues = lambda rng: " ".join(t.text for t in dialogue_turns(rng))           # noqa: E731  photos in words
+    pretraining = [f(rng) for f in (copying_text, knowledge_text, scene_text, dialogues) for _ in range(200)]
+    return toy_texts() + pretraining + ["A: B:"]  # the chat layout's speaker tags (see data/collate.py)
 
 
 def train_bpe(word_counts: dict[tuple[str, ...], int], n_merges: int) -> list[tuple[str, str]]:
@@ -78,12 +103,14 @@ def _vocab(specials: list[str], word_counts: dict[tuple[str, ...], int],
     return vocab, merges
 
 
-def build_llm_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 400) -> LlamaTokenizer:
+def build_llm_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 800) -> LlamaTokenizer:
     """Return a Llama-style BPE tokenizer (bos <s>, eos </s>, unk <unk>, pad <pad>, [IMG] [/IMG] <image>)."""
     texts = list(toy_corpus() if corpus is None else corpus)
     # Metaspace pre-tokenization: each whitespace-separated word gets the "▁" prefix; merges never
-    # cross a word boundary (as SentencePiece's split_by_whitespace)
-    word_counts = Counter(tuple("▁" + w) for t in texts for w in t.split())
+    # cross a word boundary (as SentencePiece's split_by_whitespace), nor join letters and punctuation
+    # (so "picture?" is "▁picture" + "?", the same word as in "picture.")
+    word_counts = Counter(tuple(unit) for t in texts for w in t.split()
+                          for unit in re.findall(r"▁?\w+|▁?[^\w\s]", "▁" + w))
     vocab, merges = _vocab(LLM_SPECIALS + SPECIAL_TOKENS, dict(sorted(word_counts.items())), vocab_size)
     for b in range(256):  # Llama's byte fallback tokens: unseen characters become their UTF-8 bytes
         vocab.setdefault(f"<0x{b:02X}>", len(vocab))
@@ -95,8 +122,12 @@ def build_llm_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 4
 
 def build_sd_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 350,
                        model_max_length: int = SD_MAX_LENGTH) -> CLIPTokenizer:
-    """Return a CLIP-style BPE tokenizer (lower case, "</w>" suffix, bos/eos, pad = eos as in SD 2.1)."""
-    texts = list(toy_corpus() if corpus is None else corpus)
+    """Return a CLIP-style BPE tokenizer (lower case, "</w>" suffix, bos/eos, pad = eos as in SD 2.1).
+
+    corpus: default `SD_WORDS`, the words of the toy world's first phrasing, kept fixed: CLIP's vocabulary was
+    learnt once from its own corpus and does not follow the dialogue data; so the toy SD (an hour to pretrain)
+    keeps its tokenizer however many phrasings the dialogue generator gains."""
+    texts = [" ".join(SD_WORDS)] if corpus is None else list(corpus)
     split = pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True)
     to_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     words = sorted({b for t in texts for w, _ in split.pre_tokenize_str(t.lower())
