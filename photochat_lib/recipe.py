@@ -104,6 +104,8 @@ class TrainingRecipe:
     max_epochs: int = 20                             # upper bound; early stopping usually ends sooner
     max_steps: int | None = None                     # a fixed budget of optimizer steps (toy); None: epochs decide
     photo_repeats: int = 1                           # photo-sharing samples count this many times per epoch
+    remark_repeats: int = 1                          # first replies to a photo another speaker shared (the
+                                                     # samples that need the perceptron) count this many times
     early_stopping_patience: int = 4                 # epochs without a better dev BLEU-2 and FID
     seeds: tuple[int, ...] = (0, 1, 2)               # the paper averages three seeds
 

@@ -193,7 +193,7 @@ def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_da
     monkeypatch.setattr(E, "evaluate_model", fake_eval)
     cfg = small_cfg(toy_data, tmp_path / "es", max_steps=None, early_stopping_patience=3, max_epochs=20)
     cfg.eval_every_epochs = 1
-    cfg.max_train_samples = 4                      # one step per epoch
+    cfg.max_train_samples, cfg.photo_repeats = 4, 1  # one step per epoch
     state = Trainer(cfg).train()
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4, 5]
     assert state["best"] == {"BLEU-2": 2.0, "FID": 80.0} and state["bad_epochs"] == {"joint": 3}

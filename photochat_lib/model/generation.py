@@ -18,6 +18,7 @@ import re
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from photochat_lib.model.sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 from photochat_lib.data.tokens import IMG_END, IMG_START
@@ -102,6 +103,19 @@ def own_turn(text: str, tag: str) -> tuple[str, str | None]:
     return "\n".join(keep), None
 
 
+class EndOfTurn(StoppingCriteria):
+    """Stop each row of a batch once its reply opens a line of another speaker (`own_turn`): the bot's turn is
+    over, and the other person's line is theirs to write. The row's eos stops it too (the usual end)."""
+
+    def __init__(self, tokenizer, tags: list[str]):
+        self.tokenizer, self.tags = tokenizer, tags     # one replying speaker's tag per row
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return torch.tensor([own_turn(text, tag)[1] is not None for text, tag in zip(texts, self.tags)],
+                            dtype=torch.bool, device=input_ids.device)
+
+
 def _add_text(reply: Reply, text: str) -> None:
     text = " ".join(text.split())
     if text:
@@ -154,7 +168,7 @@ def generate_batch(model, contexts: list, speakers: list | None = None, max_new_
     embeds = model.input_embeddings(input_ids.to(model.device), pixels, torch.tensor(photo_rows, dtype=torch.long))
     torch.manual_seed(seed)
     kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
-              eos_token_id=tok.eos_token_id)
+              eos_token_id=tok.eos_token_id, stopping_criteria=StoppingCriteriaList([EndOfTurn(tok, tags)]))
     if do_sample:
         kw.update(temperature=temperature, top_k=top_k or None)
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask.to(model.device), **kw)

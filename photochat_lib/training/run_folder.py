@@ -30,7 +30,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 RUN_DEFINING = ("data", "preset", "mode", "init", "llm", "perceptron", "sd", "random_init", "smoke", "seed", "micro_batch_size",
                 "grad_accum_steps", "lr", "sd_lr", "weight_decay", "warmup_steps", "alpha", "tau_start", "tau_end",
                 "tau_anneal_epochs", "sd_caption_source", "pipeline_context", "dvtm_impl", "photo_only", "lr_decay",
-                "lr_schedule_steps", "photo_repeats", "caption_supervision", "max_train_samples", "max_grad_norm")
+                "lr_schedule_steps", "photo_repeats", "remark_repeats", "caption_supervision", "max_train_samples", "max_grad_norm")
 
 
 def check_resume(cfg) -> None:

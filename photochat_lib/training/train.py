@@ -72,6 +72,8 @@ class TrainConfig:
                                              # when a run is trained in chunks of rising max_steps
     photo_repeats: int | None = None         # photo-sharing samples count this many times per epoch (default:
                                              # the recipe's; 1 = as in the data)
+    remark_repeats: int | None = None        # first replies to a photo another speaker shared count this many
+                                             # times per epoch (default: the recipe's; 1 = as in the data)
     caption_supervision: float = 1.0         # share of training captions L_t scores; the rest reach the LLM
                                              # only through L_v (benchmarks/when_end2end_helps.py; paper: 1)
     max_train_samples: int | None = None     # cap the training set (a seeded random subset)
@@ -99,7 +101,7 @@ class TrainConfig:
         if self.report_to == "none":             # --report-to none: off (e.g. over a --config that logs)
             self.report_to = None
         at_least = {"max_steps": 1, "max_epochs": 1, "micro_batch_size": 1, "grad_accum_steps": 1, "warmup_steps": 0,
-                    "lr_schedule_steps": 1, "photo_repeats": 1, "max_train_samples": 1, "checkpointing_steps": 1,
+                    "lr_schedule_steps": 1, "photo_repeats": 1, "remark_repeats": 1, "max_train_samples": 1, "checkpointing_steps": 1,
                     "checkpoints_total_limit": 1, "eval_every_epochs": 0, "eval_samples": 1,
                     "early_stopping_patience": 1, "weight_decay": 0, "alpha": 0, "tau_anneal_epochs": 0,
                     "validation_steps": 1, "validation_samples": 1}
@@ -154,7 +156,7 @@ def resolve(cfg: TrainConfig):
     recipe = get_recipe(cfg.preset)
     over = {k: getattr(cfg, k) for k in ("micro_batch_size", "grad_accum_steps", "lr", "sd_lr", "weight_decay",
                                           "warmup_steps", "alpha", "tau_start", "tau_end", "tau_anneal_epochs",
-                                          "max_epochs", "early_stopping_patience", "photo_repeats", "lr_decay",
+                                          "max_epochs", "early_stopping_patience", "photo_repeats", "remark_repeats", "lr_decay",
                                           "mixed_precision")
             if getattr(cfg, k) is not None}
     return replace(recipe, **over)
@@ -237,8 +239,11 @@ def make_loader(cfg, recipe, model, split: str, dialogues=None):
         g = torch.Generator().manual_seed(cfg.seed)
         keep = sorted(torch.randperm(len(samples), generator=g)[: cfg.max_train_samples].tolist())
         samples = [samples[i] for i in keep]
+    n_unique = len(samples)
     if recipe.photo_repeats > 1:                 # photo-sharing samples appear photo_repeats times per epoch
         samples = samples + [s for s in samples if s.shares_photo] * (recipe.photo_repeats - 1)
+    if recipe.remark_repeats > 1:                # replies to another's photo appear remark_repeats times
+        samples = samples + [s for s in samples[:n_unique] if s.answers_photo] * (recipe.remark_repeats - 1)
     collate = collator_for(model, cfg.preset, recipe)   # the recipe's max_text_length, max_context_images
     collate.caption_supervision = cfg.caption_supervision
     ds = PhotoChatDataset(samples)
