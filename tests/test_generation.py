@@ -84,6 +84,38 @@ def test_reply_stops_where_another_speaker_begins(model, monkeypatch):
     assert reply.notes == ["reply cut where speaker A began a turn"]
 
 
+def test_generation_itself_stops_when_another_speaker_begins(model):
+    """EndOfTurn stops each row of a batch as soon as its reply opens another speaker's line (so the model never goes
+    on to write that line), and leaves rows that do not alone (checked on the real LLM.generate loop)."""
+    from transformers import StoppingCriteriaList
+
+    from photochat_lib.model.generation import EndOfTurn
+    tok = model.tokenizer
+    rows = ["Sure!\nB: Here it is.\nA:", "I love it.\nA: Yes", "Nice photo, B: is not a line start"]
+    ids = tok(rows, add_special_tokens=False, padding=True, return_tensors="pt").input_ids
+    stop = EndOfTurn(tok, ["B", "B", "B"])
+    assert stop(ids, None).tolist() == [True, True, False]
+    assert EndOfTurn(tok, ["A", "A", "A"])(ids, None).tolist() == [True, False, False]   # its own lines go on
+    first = tok("Sure!\nA:", add_special_tokens=False).input_ids           # what a scripted LLM will emit
+    script = iter(first + [tok.convert_tokens_to_ids("▁more")] * 20)
+    real_forward = model.llm.forward
+
+    def forward(*a, **kw):                     # the real model's shapes, its logits forced to the script
+        out = real_forward(*a, **kw)
+        out.logits[:] = -1e4
+        out.logits[:, -1, next(script)] = 1e4
+        return out
+
+    model.llm.forward = forward
+    try:
+        out = model.llm.generate(input_ids=torch.tensor([[tok.bos_token_id]]), max_new_tokens=12, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([stop.__class__(
+                                     tok, ["B"])]))
+    finally:
+        model.llm.forward = real_forward
+    assert tok.decode(out[0, 1:]).endswith("A:") and out.shape[1] == 1 + len(first)
+
+
 def test_pipeline_reads_a_sent_photo_through_its_caption(monkeypatch):
     """pipeline_context="caption": a photo the user sends is captioned (the toy classifier names its objects)
     and written into the prompt as "[IMG] caption[/IMG]"; no visual tokens reach the LLM."""

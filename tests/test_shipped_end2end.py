@@ -67,45 +67,51 @@ def test_does_not_share_before_it_is_asked(model):
     assert not reply.shared_photo and reply.text, reply.raw
 
 
-# `photochat chat` sessions written by hand: the user's lines, and `/bot` lines that put the bot's story in its
-# mouth (what the bot got), then the user asks to see it
-CHAT_SESSIONS = [
-    ("Hi Sam! How are you?\n/bot Doing great, thanks!\n/bot I picked up a green coin and a red coin.\n"
-     "Oh cool! Can you show me a photo?\n", {("green", "circle"), ("red", "circle")}),
-    ("Hi Sam! How are you?\n/bot Pretty good.\n/bot I bought a yellow plate and a blue ball at the fair.\n"
-     "Wow! Can you send me a pic?\n", {("yellow", "circle"), ("blue", "circle")}),
-    ("Hey Nora!\n/bot Hi! I went to the toy shop today.\n/bot I got a purple flag, a green box and a red coin.\n"
-     "Nice! Show me, please!\n", {("purple", "triangle"), ("green", "square"), ("red", "circle")}),
-    ("Hello Max!\n/bot Hey! I found a blue tent there.\nOh cool! Do you have a picture of them?\n",
-     {("blue", "triangle")}),
-]
+def test_photochat_chat_sessions_in_peoples_words():
+    """The ten scripted `photochat chat` sessions of `apps/chat_sessions.py` (the bot shares on request, worded as
+    people word it; the user shares a photo and the bot remarks on it), typed into the real command with the
+    shipped end-to-end model: at least 9 right (issue 19's target). The README and notebook 08 quote the count."""
+    from photochat_lib.apps.chat_sessions import run_sessions
+    results = run_sessions()
+    wrong = [(r.session.name, r.why, r.transcript) for r in results if not r.right]
+    assert len(results) == 10 and len(wrong) <= 1, wrong
 
 
-def test_photochat_chat_shares_what_the_bot_talked_about(tmp_path):
-    """`photochat chat` with no --model (the shipped end-to-end model), four hand-written sessions: every one
-    ends with exactly one photo saved, in the caption format, and at least two show exactly the objects the bot
-    named. Measured when the model was shipped: 2 of 4 — the misses are a caption that drops the second of two
-    objects with the same noun ("a green coin and a red coin" → "green circle") and a three-object list whose
-    coin became a square. The toy test split's rate is higher (caption exact 96.7 %): these sessions are phrased
-    by hand, and the limit is reported in README.md ("Status and known gaps")."""
-    import argparse
+@pytest.fixture(scope="module")
+def test_split(tmp_path_factory):
+    from photochat_lib.data.toy_world import write_toy_dataset
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), seed=0, n_train=0, n_dev=0, n_test=40)
 
-    from PIL import Image
 
-    from photochat_lib.apps.chat import register
-    right = []
-    for k, (script, objects) in enumerate(CHAT_SESSIONS):
-        parser = argparse.ArgumentParser()
-        register(parser.add_subparsers())
-        out = tmp_path / f"session{k}"
-        args = parser.parse_args(["chat", "--out", str(out)])
-        stdout = io.StringIO()
-        assert args.func(args, stdin=io.StringIO(script + "/quit\n"), stdout=stdout) == 0
-        said = stdout.getvalue()
-        photos = sorted(out.glob("*.png"))
-        assert len(photos) == 1 and "[shares a photo: Objects in the photo: " in said, said
-        right.append(bool(judge([Image.open(photos[0]).convert("RGB")], [objects])["exact"][0]))
-    assert sum(right) >= 2, right
+def test_one_turn_at_a_time_on_raw_outputs(model, test_split):
+    """Every reply of the toy test split (held-out phrasings), read raw: generation stops where another speaker's
+    line would begin, and no line the bot writes is one of the other speaker's acts (a sharer's answer in the
+    friend's mouth: 'Is that the purple box on the left?\\n Yes, that one is on the left.')."""
+    from photochat_lib.data.photochat import read_photochat
+    from photochat_lib.data.samples import make_samples
+    from photochat_lib.data.toy_phrasings import FRIEND_ACTS, SHARER_ACTS, act_of
+    from photochat_lib.model.generation import generate_batch
+    dialogues = read_photochat(test_split / "test")
+    sharer = {d.dialogue_id: next(t.speaker for t in d.turns if t.photo is not None) for d in dialogues}
+    samples = [s for s in make_samples(dialogues) if not s.shares_photo]
+    replies = []
+    for k in range(0, len(samples), 64):
+        chunk = samples[k:k + 64]
+        replies += generate_batch(model, [s.context for s in chunk], [s.speaker for s in chunk], draw_images=False)
+    others = []
+    for s, r in zip(samples, replies):
+        theirs = FRIEND_ACTS if s.speaker == sharer[s.dialogue_id] else SHARER_ACTS
+        others += [(s.id, line) for line in r.raw.split("\n") if act_of(line) in theirs]
+        assert not any(":" in line[:4] for line in r.raw.split("\n")[1:]), r.raw   # no speaker tag left in a reply
+    assert len(samples) > 250 and not others, others
+
+
+def test_the_bot_sees_the_photos_it_is_shown(model, test_split):
+    """Issue 19's target for the input end: on the test split's replies to a photo, >= 90 % state only true
+    photo-only facts (background, an object's place or size); chance is about 30 %."""
+    from photochat_lib.evaluation.evaluate import evaluate_model
+    m = evaluate_model(model, test_split, "test", max_samples=2, num_inference_steps=2)["metrics"]
+    assert m["grounded_n"] == 40 and m["grounded_remarks"] >= 90, m
 
 
 def test_a_second_chat_session_does_not_overwrite_the_first_ones_photos(tmp_path):
@@ -118,7 +124,7 @@ def test_a_second_chat_session_does_not_overwrite_the_first_ones_photos(tmp_path
     register(parser.add_subparsers())
     args = parser.parse_args(["chat", "--out", str(tmp_path)])
     stdout = io.StringIO()
-    script = CHAT_SESSIONS[3][0] + "/quit\n"
+    script = "Hello Max!\n/bot Hey! I found a blue tent there.\nOh cool! Do you have a picture of them?\n/quit\n"
     assert args.func(args, stdin=io.StringIO(script), stdout=stdout) == 0
     assert (tmp_path / "photo_001.png").read_bytes() == (tmp_path / "photo_007.png").read_bytes() == b"first session"
     assert (tmp_path / "photo_008.png").exists(), stdout.getvalue()

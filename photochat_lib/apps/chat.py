@@ -1,8 +1,8 @@
 """`photochat chat`: a terminal photo-sharing chat with a trained model.
 
-Type a message and press Enter. Attach a photo with ``/image PATH`` (it joins the context as your
-turn); ``/bot TEXT`` puts a line in the bot's mouth without a reply (to set up a scene: "/bot I bought a
-red ball."); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
+Type a message and press Enter. Send a photo with ``/image PATH`` or ``/image PATH TEXT`` (the text, then the
+photo, are your turn, and the bot replies to them); ``/bot TEXT`` puts a line in the bot's mouth without a reply
+(to set up a scene: "/bot I bought a red ball."); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
 and every photo it shares is drawn, saved under ``--out`` (numbered after the photos already there, so a
 new session never overwrites an earlier one's) and its path printed.
 """
@@ -75,16 +75,18 @@ def run(args, stdin=None, stdout=None) -> int:
             history.append(("B", line[len("/bot "):].strip()))
             continue
         if line.startswith("/image"):
-            path = line[len("/image"):].strip()
+            path, _, text = line[len("/image"):].strip().partition(" ")
             try:
                 img = load_image(path)         # decoded and size-checked as in training; huge photos downscaled
             except (OSError, ValueError) as e:     # missing, truncated, not an image, over the pixel limit
                 say(f"(cannot use image {path!r}: {e}; the conversation goes on)")
                 continue
+            if text.strip():
+                history.append(("A", text.strip()))
             history.append(("A", img))
-            say(f"(photo {path} attached)")
-            continue
-        history.append(("A", line))
+            say(f"(photo {path} sent)")
+        else:
+            history.append(("A", line))
         reply = generate(model, history, speaker="B", max_new_tokens=args.max_new_tokens, do_sample=args.decoding == "sample",
                          seed=args.seed + len(history), num_inference_steps=args.steps, guidance_scale=args.guidance)
         for seg in reply.segments:

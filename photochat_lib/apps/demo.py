@@ -16,17 +16,21 @@ import json
 import time
 from pathlib import Path
 
+from photochat_lib.evaluation.metrics import format_mean_std
 from photochat_lib.utils.cliutil import at_least
 
 MODES = ("end2end", "pipeline")
 COLUMNS = [("BLEU-1", "BLEU-1"), ("BLEU-2", "BLEU-2"), ("Rouge-L", "Rouge-L"), ("IS", "IS_mean"), ("FID ↓", "FID"),
            ("attr. acc.", "attr_acc"), ("share F1", "share F1"), ("caption exact", "caption_exact"),
-           ("unclosed ↓", "unclosed")]
+           ("unclosed ↓", "unclosed"), ("grounded remarks", "grounded_remarks")]
+WORDING_COLUMNS = [("share F1", "share F1"), ("right photo (attr. acc.)", "attr_acc"), ("caption exact", "caption_exact"),
+                   ("grounded remarks", "grounded_remarks"), ("BLEU-1", "BLEU-1"), ("unclosed ↓", "unclosed")]
 ORACLES = [("reference photos vs themselves (FID floor, IS ceiling)", "reference"),
            ("toy SD on the reference captions (the generator's ceiling)", "sd_reference_captions"),
            ("toy SD on random captions (the floor)", "random_captions")]
 PAPER = {"pipeline": [10.65, 2.03, 9.76, "13.67 ± 1.31", 79.74], "end-to-end": [12.08, 2.94, 11.00, "14.47 ± 0.94", 75.88]}
-TARGETS = {"caption_exact": 90.0, "attr_acc": 85.0, "share F1": 95.0}   # the toy end-to-end model's (means)
+TARGETS = {"caption_exact": 90.0, "attr_acc": 85.0, "share F1": 95.0, "grounded_remarks": 90.0}  # end2end, means
+WORDING_TARGETS = {"share F1": 95.0, "attr_acc": 90.0, "grounded_remarks": 90.0}   # end2end on the wording set
 DECODING_NOTE = (
     "Replies are decoded greedily (`--decoding greedy`, the default). §2.2 says inference samples from p; "
     "on the toy world a caption has exactly one right answer, and sampling at temperature 1 adds decoding "
@@ -45,6 +49,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the main job: end-to-end vs pipeline on the toy world, over seeds",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/toy", help="toy dataset folder (generated if absent)")
+    p.add_argument("--wording", default="data/wording", help="the held-out wording set's folder (written from the "
+                   "package's hand-written dialogues if absent: `photochat data wording`)")
     p.add_argument("--runs", default="runs/toy", help="where each training run and its evaluation go")
     p.add_argument("--reports", default="reports", help="where toy_results.md/.json and toy_samples.png go")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (the paper uses three)")
@@ -73,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if not (data / "train").exists():
         print(f"[data] writing the toy world to {data}")
         write_toy_dataset(data, seed=0)
+    if not (Path(args.wording) / "test").exists():
+        from photochat_lib.data.wording import write_wording_dataset
+        print(f"[data] writing the held-out wording set to {args.wording}")
+        write_wording_dataset(args.wording)
     if args.init is None and shipped_toy_checkpoint() is None:
         from photochat_lib.toy.foundation import TOY_CHECKPOINT
         from photochat_lib.apps.pretrain import pretrain_toy
@@ -82,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
         from photochat_lib.recipe import get_recipe
         args.steps = get_recipe("toy").max_steps
     oracles = _oracles(args)
-    results = {m: [] for m in MODES}
+    results, wording = {m: [] for m in MODES}, {m: [] for m in MODES}
     for seed in args.seeds:
         for mode in MODES:
-            results[mode].append(_train_and_evaluate(args, mode, seed))
-    report = write_report(args, oracles, results, time.perf_counter() - t0)
+            test, held_out = _train_and_evaluate(args, mode, seed)
+            results[mode].append(test)
+            wording[mode].append(held_out)
+    report = write_report(args, oracles, results, time.perf_counter() - t0, wording)
     print(report)
     return 0
 
@@ -124,13 +136,16 @@ def _train_and_evaluate(args, mode: str, seed: int) -> dict:
                           checkpointing_steps=max(50, args.steps // 3), checkpoints_total_limit=1)
         Trainer(cfg).train()
         print(f"[train] {mode} seed {seed}: {args.steps} steps in {time.perf_counter() - t:.0f} s")
-    if args.fresh or not metrics_file.exists():
+    wording_file = run / "eval-wording" / "metrics.json"
+    if args.fresh or not metrics_file.exists() or not wording_file.exists():
         t = time.perf_counter()
         model = PhotoChatModel.from_pretrained(final)
         evaluate_model(model, args.data, "test", preset="toy", max_samples=args.eval_samples, seed=0,
                        out_dir=run / "eval", num_inference_steps=args.denoise_steps, decoding=args.decoding)
+        evaluate_model(model, args.wording, "test", preset="toy", seed=0, out_dir=run / "eval-wording",
+                       num_inference_steps=args.denoise_steps, decoding=args.decoding)   # every hand-written sample
         print(f"[evaluate] {mode} seed {seed}: {time.perf_counter() - t:.0f} s")
-    return json.loads(metrics_file.read_text())
+    return json.loads(metrics_file.read_text()), json.loads(wording_file.read_text())
 
 
 def _cell(value: float | None, digits: int = 2) -> str:
@@ -152,10 +167,21 @@ def verdict_words(diff: dict) -> str:
     return "End-to-end is " + "; ".join(parts) + " (95% t-intervals of the paired per-seed differences)."
 
 
-def write_report(args, oracles: dict, results: dict, seconds: float) -> str:
+def _rows(names: list[tuple[str, str]], agg: dict, n_seeds: int) -> list[str]:
+    """Return one "| **mode** (n seeds) | mean ± std | ..." row per mode."""
+    return [f"| **{m}** ({n_seeds} seeds) | " + " | ".join(
+        format_mean_std(agg[m][k]["mean"], agg[m][k]["std"]) if k in agg[m] else "n/a" for _, k in names) + " |"
+        for m in MODES]
+
+
+def _met(agg: dict, targets: dict) -> dict:
+    return {k: agg[k]["mean"] >= v for k, v in targets.items() if k in agg}
+
+
+def write_report(args, oracles: dict, results: dict, seconds: float, wording: dict | None = None) -> str:
     """Write reports/toy_results.md, toy_results.json and toy_samples.png; return the markdown."""
     from photochat_lib.utils.atomic import write_json, write_text
-    from photochat_lib.evaluation.metrics import format_mean_std, mean_std
+    from photochat_lib.evaluation.metrics import mean_std
     out = Path(args.reports)
     out.mkdir(parents=True, exist_ok=True)
     agg = {m: mean_std(results[m]) for m in MODES}
@@ -165,34 +191,59 @@ def write_report(args, oracles: dict, results: dict, seconds: float) -> str:
     for name, key in ORACLES:
         o = oracles[key]
         rows.append(f"| {name} | " + " | ".join(_cell(o.get(k)) for _, k in COLUMNS) + " |")
-    for m in MODES:
-        cells = [format_mean_std(agg[m][k]["mean"], agg[m][k]["std"]) if k in agg[m] else "n/a" for _, k in COLUMNS]
-        rows.append(f"| **{m}** ({len(args.seeds)} seeds) | " + " | ".join(cells) + " |")
+    first = results["end2end"][0]
+    for name, key in (("a remark with each photo-only value guessed (chance)", "grounded_chance"),
+                      ("the reference remarks, written from the labels (oracle)", "grounded_oracle")):
+        rows.append(f"| {name} | " + " | ".join(_cell(first.get(key)) if k == "grounded_remarks" else "—"
+                                                  for _, k in COLUMNS) + " |")
+    rows += _rows(COLUMNS, agg, len(args.seeds))
     rows.append("| end2end − pipeline, 95% CI | " + " | ".join(
         f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] {d['verdict']}" if (d := diff.get(k)) else "n/a"
         for _, k in COLUMNS) + " |")
-    met = {k: agg["end2end"][k]["mean"] >= v for k, v in TARGETS.items() if k in agg["end2end"]}
+    met = _met(agg["end2end"], TARGETS)
     met["unclosed"] = agg["end2end"].get("unclosed", {"mean": 1})["mean"] == 0
+    wording_md, wording_met, wagg = [], {}, {}
+    if wording:
+        wagg = {m: mean_std(wording[m]) for m in MODES}
+        w0 = wording["end2end"][0]
+        wording_md = [
+            "## The held-out wording set", "",
+            f"{w0.get('n_samples', 0)} samples of the hand-written dialogues of `photochat_lib/data/wording/wording_test.json` "
+            f"({w0.get('n_reference_photos', 0)} share a photo, {w0.get('grounded_n', 0)} remark on one): phrasings the "
+            "generator never produces, used for no training and no tuning. Right photo = the toy classifier finds "
+            "exactly the reference's colours and shapes in the drawn photo.", "",
+            "| row | " + " | ".join(c for c, _ in WORDING_COLUMNS) + " |", "|" + "---|" * (len(WORDING_COLUMNS) + 1),
+            f"| chance / oracle of grounded remarks | — | — | — | {_cell(w0.get('grounded_chance'))} / "
+            f"{_cell(w0.get('grounded_oracle'))} | — | — |",
+            *_rows(WORDING_COLUMNS, wagg, len(args.seeds)), ""]
+        wording_met = _met(wagg["end2end"], WORDING_TARGETS)
     paper = ["| model | BLEU-1 | BLEU-2 | Rouge-L | IS | FID ↓ |", "|---|---|---|---|---|---|"]
     paper += [f"| {m} (paper, PhotoChat) | " + " | ".join(map(str, v)) + " |" for m, v in PAPER.items()]
     png = _samples_figure(args, out / "toy_samples.png")
+    targets = lambda met, t: ", ".join(f"{k} {'≥ ' + str(t[k]) if k in t else '= 0'}: {'met' if ok else 'NOT met'}"  # noqa: E731
+                                       for k, ok in met.items())
     md = "\n".join([
         "# Toy results: end-to-end vs pipeline (Table 2 in miniature)", "",
         f"Toy world `{args.data}`, seeds {args.seeds}, {args.steps} optimizer steps per run on "
         f"{args.train_samples or 'all'} training samples, both modes from the same shipped toy foundation; "
-        f"test subset of {args.eval_samples} samples (half share a photo), {args.denoise_steps} denoising steps. "
+        f"test subset of {args.eval_samples} samples (half share a photo), {args.denoise_steps} denoising steps; "
+        f"grounded remarks over all {first.get('grounded_n', 0)} remarks of the test split. The test split is worded "
+        "with the generator's held-out phrasings (`data/toy_phrasings.py`). "
         f"Mean ± sample std over seeds. Whole demo: {seconds / 60:.1f} min on this machine.", "",
         *rows, "",
         verdict_words(diff), "",
-        "Targets for the toy end-to-end model (means over seeds): " + ", ".join(
-            f"{k} {'≥ ' + str(TARGETS[k]) if k in TARGETS else '= 0'}: {'met' if ok else 'NOT met'}"
-            for k, ok in met.items()) + ".", "",
+        "Targets for the toy end-to-end model (means over seeds): " + targets(met, TARGETS) + ".", "",
         "Text metrics score the reply's text with photos stripped; IS/FID use the toy-world classifier "
         "registered with torch-fidelity (not InceptionV3: not comparable in scale to the paper's), on the photos "
         "drawn where both the model and the reference share; attr. acc. = share of drawn photos whose colours and "
         "shapes match the reference caption; share F1 = did the model share a photo exactly where the reference "
         "does; caption exact = the caption it wrote equals the reference caption; unclosed = shared photos whose "
-        "[IMG] was never closed. The anchor rows use the shipped toy SD before any joint training.", "",
+        "[IMG] was never closed; grounded remarks = replies to a photo the other speaker shared that state a "
+        "photo-only fact (background, an object's position or size) and only true ones (`evaluation/grounding.py`). "
+        "The anchor rows use the shipped toy SD before any joint training.", "",
+        *wording_md,
+        *(["Targets on the held-out wording set (end2end, means): " + targets(wording_met, WORDING_TARGETS) + ".", ""]
+          if wording_md else []),
         DECODING_NOTE, "", PIPELINE_NOTE, "",
         "The paper's Table 2 (PhotoChat, Llama-2-7b + SD-2.1, InceptionV3) for reference:", "", *paper, "",
         f"![sample dialogues]({png.name})", ""])
@@ -200,7 +251,7 @@ def write_report(args, oracles: dict, results: dict, seconds: float) -> str:
     write_json(out / "toy_results.json", {
         "settings": {k: v for k, v in vars(args).items() if k != "func"}, "minutes": round(seconds / 60, 1),
         "oracles": oracles, "per_seed": results, "mean_std": agg, "end2end_minus_pipeline": diff,
-        "targets_met": met})
+        "targets_met": met, "wording": {"per_seed": wording, "mean_std": wagg, "targets_met": wording_met}})
     return md
 
 

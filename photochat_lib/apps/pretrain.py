@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from photochat_lib.data.collate import Collator
-from photochat_lib.toy.foundation import IMAGE_SIZE, TOY_CHECKPOINT, TOY_END2END, build_toy_components, toy_blip2_config
+from photochat_lib.toy.foundation import (IMAGE_SIZE, SHIPPED_SHARD, TOY_CHECKPOINT, TOY_END2END, build_toy_components,
+                                          load_shipped_llm, save_shipped, toy_blip2_config)
 from photochat_lib.toy.pretrain_llm import LLMPretrainConfig, example_stream, lm_batch, lm_loss, pretrain_llm
 from photochat_lib.toy.pretrain_perceptron import PerceptronPretrainConfig, pretrain_perceptron
 from photochat_lib.utils.atomic import replace_dir, write_json
@@ -31,18 +32,18 @@ HUB_PRESETS = {"colab": "TinyLlama-1.1B-Chat + BLIP-2 + SD-2.1-base", "paper": "
 
 
 def _save_llm(llm, tokenizer, metrics: dict):
-    """Return a writer of llm/: model, tokenizer and pretrain_metrics.json."""
+    """Return a writer of llm/: model (float16, sharded: `save_shipped`), tokenizer and pretrain_metrics.json."""
     def write(d: Path) -> None:
-        llm.save_pretrained(d)
+        save_shipped(llm, d)
         tokenizer.save_pretrained(d)
         write_json(d / "pretrain_metrics.json", metrics)
     return write
 
 
 def _save_perceptron(perceptron, metrics: dict):
-    """Return a writer of perceptron/: BLIP-2-layout config + weights and pretrain_metrics.json."""
+    """Return a writer of perceptron/: BLIP-2-layout config + weights (float16) and pretrain_metrics.json."""
     def write(d: Path) -> None:
-        perceptron.save_pretrained(d)
+        save_shipped(perceptron, d)
         write_json(d / "pretrain_metrics.json", metrics)
     return write
 
@@ -72,11 +73,10 @@ def pretrain_toy(out_dir: str | os.PathLike = DEFAULT_OUT, seed: int = 0, only: 
             print("[pretrain] note: OUT/perceptron (if any) was trained to feed another LLM; rerun --only perceptron")
     if "perceptron" in stages:
         pc = perceptron_config or PerceptronPretrainConfig()
-        if "llm" not in stages:                  # BLIP-2 style: the perceptron learns to feed the shipped LLM
-            if not (out / "llm" / "config.json").exists():
-                raise FileNotFoundError(f"{out / 'llm'} is missing: run `photochat pretrain --only llm` first")
-            from photochat_lib.model.text_generator import load_llm
-            llm, tokenizer = load_llm(str(out / "llm"), dtype=torch.float32)
+        if not (out / "llm" / "config.json").exists():
+            raise FileNotFoundError(f"{out / 'llm'} is missing: run `photochat pretrain --only llm` first")
+        # BLIP-2 style: the perceptron learns to feed the LLM as shipped (read back: float16-rounded weights)
+        llm, tokenizer = load_shipped_llm(out / "llm")
         perceptron = _perceptron_for(llm, seed)   # the same start whether or not the LLM stage ran now
         replay = None
         if pc.llm_lr > 0:                        # the LLM trains too: keep its language with a replayed LM loss
@@ -144,13 +144,13 @@ def train_end2end(final: Path, foundation: Path, seed: int = 0, steps: int | Non
         model = PhotoChatModel.from_pretrained(run / "final").half()
         model = PhotoChatModel.from_pretrained(_saved(model, Path(tmp) / "fp16"))   # what users will load
         metrics = evaluate_model(model, data, "test", max_samples=120, seed=0)["metrics"]
-        replace_dir(final, lambda d: (model.half().save_pretrained(d),
+        replace_dir(final, lambda d: (model.half().save_pretrained(d, max_shard_size=SHIPPED_SHARD),
                                       write_json(d / "metrics.json", {"seed": seed, "steps": steps, **metrics})))
     return metrics
 
 
 def _saved(model, path: Path) -> Path:
-    model.save_pretrained(path)
+    model.save_pretrained(path, max_shard_size=SHIPPED_SHARD)
     return path
 
 

@@ -182,9 +182,12 @@ class ImageGenerator(nn.Module):
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, token: str | None = None,
                         dtype: torch.dtype | None = None) -> "ImageGenerator":
-        """Load from a hub id (stabilityai/stable-diffusion-2-1-base) or a local SD-layout folder."""
+        """Load from a hub id (stabilityai/stable-diffusion-2-1-base) or a local SD-layout folder.
+
+        dtype: of every component; None loads them all in float32, as diffusers does (transformers 5 alone would
+        keep the text encoder in its stored dtype, e.g. the float16 of the shipped toy SD)."""
         kw = {"token": token}
-        tdtype = {"dtype": dtype} if dtype is not None else {}
+        tdtype = {"dtype": dtype if dtype is not None else torch.float32}
         ddtype = {"torch_dtype": dtype} if dtype is not None else {}
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw, **tdtype)
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)

@@ -181,16 +181,19 @@ class PhotoChatModel(nn.Module):
         return PhotoChatOutput(loss, lt, lv, logits, sampled)
 
     # ----- persistence: one folder per component, each in its upstream repo layout -----
-    def save_pretrained(self, path: str | os.PathLike, components: tuple[str, ...] | None = None) -> None:
+    def save_pretrained(self, path: str | os.PathLike, components: tuple[str, ...] | None = None,
+                        max_shard_size: str | int | None = None) -> None:
         """Write llm/ (model + tokenizer), perceptron/, sd/ (diffusers layout) and photochat.json
-        (only the named `components` of those three folders, when given)."""
+        (only the named `components` of those three folders, when given); max_shard_size: transformers' limit
+        on one weights file of llm/ and perceptron/ (default: theirs)."""
         os.makedirs(path, exist_ok=True)
         components = components or ("llm", "perceptron", "sd")
+        shard = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
         if "llm" in components:
-            self.llm.save_pretrained(os.path.join(path, "llm"))
+            self.llm.save_pretrained(os.path.join(path, "llm"), **shard)
             self.tokenizer.save_pretrained(os.path.join(path, "llm"))
         if "perceptron" in components:
-            self.perceptron.save_pretrained(os.path.join(path, "perceptron"))
+            self.perceptron.save_pretrained(os.path.join(path, "perceptron"), **shard)
         if "sd" in components:
             self.image_generator.save_pretrained(os.path.join(path, "sd"))
         write_json(os.path.join(path, "photochat.json"), asdict(self.config))

@@ -79,6 +79,30 @@ def build_toy_components(seed: int = 0):
     return llm, tokenizer, perceptron, generator
 
 
+SHIPPED_DTYPE = torch.float16  # shipped toy weights are stored in half precision (half the bytes; the toy preset
+                               # loads them in float32: `PhotoChatModel.from_pretrained`, `load_shipped_llm`)
+SHIPPED_SHARD = "4MB"          # the largest weights file a shipped folder holds (every tracked file stays under 5 MB)
+
+
+def save_shipped(module, folder: str | Path) -> None:
+    """Save a float16 copy of a component (a transformers model or an `ImageGenerator`) as a shipped folder: weights
+    in shards of at most SHIPPED_SHARD (transformers' `max_shard_size`; the toy UNet fits one shard)."""
+    from copy import deepcopy
+    half = deepcopy(module).to(SHIPPED_DTYPE)
+    if isinstance(half, ImageGenerator):
+        from diffusers.configuration_utils import FrozenDict
+        for part in (half.unet, half.vae):        # a loaded component remembers its folder: no local paths shipped
+            part._internal_dict = FrozenDict({k: v for k, v in part.config.items() if k != "_name_or_path"})
+        half.save_pretrained(folder)
+    else:
+        half.save_pretrained(folder, max_shard_size=SHIPPED_SHARD)
+
+
+def load_shipped_llm(folder: str | Path):
+    """Return (llm, tokenizer) of a shipped toy LLM folder in float32 (it is stored in float16)."""
+    return load_llm(str(folder), dtype=torch.float32)
+
+
 TOY_CHECKPOINT = Path(__file__).parent / "checkpoints" / "toy"             # the toy foundation (Llama/BLIP-2/SD)
 TOY_END2END = Path(__file__).parent / "checkpoints" / "toy-end2end"        # trained end to end on the toy world
 

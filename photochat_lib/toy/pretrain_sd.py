@@ -220,8 +220,10 @@ def _judge_midway(gen: ImageGenerator, params, ema, cfg: PretrainSDConfig, step:
 
 
 def save_atomic(gen: ImageGenerator, out: str | os.PathLike) -> None:
-    """Write gen with `save_pretrained` into a temp folder beside `out`, then swap it in as `out`."""
-    replace_dir(out, gen.save_pretrained)
+    """Write gen as a shipped folder (float16: `foundation.save_shipped`) into a temp folder beside `out`, then swap
+    it in as `out`."""
+    from photochat_lib.toy.foundation import save_shipped
+    replace_dir(out, lambda d: save_shipped(gen, d))
 
 
 def pretrain_image_generator(out: str | os.PathLike | None = None, seed: int = 0, vae_steps: int | None = None,
@@ -233,7 +235,7 @@ def pretrain_image_generator(out: str | os.PathLike | None = None, seed: int = 0
     vae_from: an SD folder whose trained VAE is reused, skipping stage 1. Each stage draws from its own
     seeded streams, so stage 2 on the VAE a full run made gives the same weights as that full run.
     """
-    from photochat_lib.toy.foundation import IMAGE_SIZE, toy_image_generator
+    from photochat_lib.toy.foundation import IMAGE_SIZE, SHIPPED_DTYPE, toy_image_generator
     from photochat_lib.toy.tokenizers import build_sd_tokenizer
     cfg = PretrainSDConfig(**{**asdict(config or PretrainSDConfig()), "seed": seed,
                               **({"vae_steps": vae_steps} if vae_steps is not None else {}),
@@ -247,6 +249,7 @@ def pretrain_image_generator(out: str | os.PathLike | None = None, seed: int = 0
         t0 = time.perf_counter()
         if vae_from is None:
             stats = {"config": asdict(cfg), **train_vae(gen, cfg, random.Random(f"photochat-pretrain-sd:{cfg.seed}"))}
+            gen.vae.to(SHIPPED_DTYPE).to(torch.float32)     # as saved: stage 2 on a saved VAE is this run's stage 2
         else:
             gen.vae = _load_vae(vae_from)
             stats = {"config": asdict(cfg), "vae_from": str(vae_from)}
@@ -272,7 +275,7 @@ def _load_vae(source: str | os.PathLike):
     folder = os.path.join(source, "vae")
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise FileNotFoundError(f"--vae-from {source}: no {folder}/config.json (expected an SD folder with vae/)")
-    vae = AutoencoderKL.from_pretrained(folder).requires_grad_(False).eval()
+    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).requires_grad_(False).eval()
     # loading records where it came from; drop that so the saved vae/config.json equals a full run's
     vae._internal_dict = FrozenDict({k: v for k, v in vae.config.items() if k != "_name_or_path"})
     return vae
