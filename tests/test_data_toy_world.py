@@ -81,7 +81,7 @@ def test_dialogue_structure_makes_every_part_matter(phrasing):
         assert trigger in ("ask", "accept", "announce")
         # what: every object is named before the photo, in caption order (colours in order, nouns present)
         got = next(t["message"] for t, a in zip(turns, acts) if a == "got")
-        colours = [m.group(0) for m in re.finditer("|".join(COLOURS), got)]
+        colours = [m.group(1) for m in re.finditer(r"\b(" + "|".join(COLOURS) + r")\b", got)]
         assert colours == [o.colour for o in objects] and all(o.noun in got for o in objects)
         # perception: no photo-only fact before the photo; after it, the friend states true ones
         before = " ".join(t["message"] for t in turns[:k])

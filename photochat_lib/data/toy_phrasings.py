@@ -128,6 +128,46 @@ BYE = [
 BYE_BACK = ["Bye!", "See you!", "Take care!", "Later!", "Bye bye!", "You too, bye!", "Cheers!", "See ya!"]
 WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 
+
+# ----- many more phrasings, composed from parts: the pools then share words and differ in how they are put
+# together, as people's requests do ("Can you send me a pic?", "Any photos?", "Mind sharing a snap?") -----
+def _compose(*parts: list[str], w: list[str] = ("",)) -> list[str]:
+    """Return every concatenation of one string from each part, its first letter capitalised and {w} replaced by
+    each of `w`, in a fixed order (the first part varies fastest)."""
+    out = [""]
+    for part in parts:
+        out = [head + piece for piece in part for head in out]
+    return [text[0].upper() + text[1:] for word in w for text in (o.replace("{w}", word) for o in out)]
+
+
+def _extend(phrasings: list[str], more: list[str]) -> list[str]:
+    """Return phrasings followed by the new ones of `more` (each once, order kept)."""
+    seen = set(phrasings)
+    return phrasings + [m for m in more if not (m in seen or seen.add(m))]
+
+
+PHOTO_WORDS = ["photo", "picture", "pic", "snap", "shot"]
+ASK = _extend(ASK, _compose(["", "Oh, ", "Ooh, ", "Nice, ", "Hey, "], [
+    "can you send me a {w}?", "can you show me a {w}?", "could you share a {w}?", "send me a {w}!",
+    "show me a {w}, please!", "do you have a {w} of them?", "any {w}s?",
+    "I would love to see a {w}!", "let me see a {w}!", "{w} please!", "will you send me a {w}?",
+    "is there a {w}?", "could I see a {w} of them?", "please share a {w}!", "I want a {w} of that!"], w=PHOTO_WORDS))
+OFFER = _extend(OFFER, _compose(["Do you want", "Want", "Would you like"], [
+    " to see a {w}?", " a {w} of them?", " to have a look at a {w}?"], w=PHOTO_WORDS)
+    + _compose(["Should I send you a {w}?", "I can show you a {w} if you like.", "I took a {w}, want it?",
+                "Shall I share a {w}?", "I have a {w} of them, want to see?"], w=PHOTO_WORDS))
+ACCEPT = _extend(ACCEPT, [t for t in _compose(["Yes", "Yeah", "Sure", "Of course", "Absolutely", "Definitely", "Oh yes", "Yep"],
+                                  ["!", ", please!", ", send it!", ", show me!", ", go ahead.", ", I'd love that.",
+                                   ", why not!", ", let me see!"]) if t not in BEFORE_PHOTO])
+ANNOUNCE = _extend(ANNOUNCE, _compose(["Look", "Check this out", "Here, take a look", "Wait until you see this",
+                                       "Let me show you", "Take a peek", "Have a look"], ["!", ".", ", here!"]))
+GOT = _extend(GOT, _compose(["I "], ["got", "bought", "found", "picked up", "grabbed", "chose", "snagged", "ordered",
+                                     "won", "received", "scored", "took home", "came home with", "ended up with",
+                                     "treated myself to", "brought back"],
+                            [" {items}", " {items} there", " {items} for cheap", " {items} at last"], [".", "!"]))
+REACT = _extend(REACT, _compose(["Nice", "Oh cool", "Wow", "Awesome", "Great", "Sweet", "Lovely"],
+                                ["!", ", lucky you!", ", that sounds fun.", ", good find!"]))
+
 ACTS = {"greet": GREET, "greet_back": GREET_BACK, "small_talk": SMALL_TALK, "trip": TRIP, "got": GOT,
         "react": REACT, "ask": ASK, "offer": OFFER, "accept": ACCEPT, "announce": ANNOUNCE,
         "before_photo": BEFORE_PHOTO, "after_photo": AFTER_PHOTO, "see_bg": SEE_BG, "see_pos": SEE_POS,

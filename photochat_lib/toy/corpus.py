@@ -72,6 +72,21 @@ COPY = [  # a narrative names {items} and repeats them: {again} (the same words)
     "My list: {items}. Shapes only: {shapes}.",
     "{name} painted {items}. The painting shows {shapes}.",
 ]
+# Shape lists cued in many wordings: a lead and a link composed at random ("Shape by shape" + " would be"), so
+# the LLM learns that a cue about shapes, however worded, asks for the list as shapes (PRETRAIN.md)
+VERBS = ["got", "has", "bought", "found", "owns", "brought", "won", "wants", "lost", "packed", "painted", "keeps",
+         "mentioned", "ordered", "carried", "saw", "drew", "picked", "sold", "liked"]
+SHAPE_LEADS = ["In shapes", "As shapes", "Shape by shape", "Drawn as shapes", "Seen as shapes", "In terms of shapes",
+               "Turned into shapes", "Sketched as shapes", "Written as shapes", "Shape-wise", "By shape",
+               "Counting only shapes", "Their shapes", "The shapes", "All the shapes", "Each one's shape",
+               "The shapes, one by one", "Only the shapes", "If we list shapes", "Shapes, please", "Their outlines",
+               "Boiled down to shapes", "As plain shapes", "Looking only at shapes", "In outline", "Shape for shape",
+               "Listed by shape", "What shapes? Simple", "Their forms", "Their geometric shapes", "Seen as outlines"]
+SHAPE_LINKS = [", that is", ":", " are", ", that makes", " would be", ", in order:", " give", " come out as",
+               ", we get", " read", " then:", " look like", " become", " turn into", " make", " form", " amount to",
+               " give us", " end up as", " are basically", ", namely", " - ", ", i.e."]
+COPY_LEADS = ["So {name} has", "Later {name} showed me", "Again:", "Once more:", "In other words,", "That means",
+              "To repeat,", "I wrote down", "The list says", "We counted", "{name} still has", "Now I know about"]
 PICK = [  # a narrative names {items} and picks one of them out by its colour and noun: {one}
     "{name} has {items}. The {one} is the favourite.", "{name} got {items}, and likes the {one} best.",
     "Of {items}, {name} kept the {one}.", "{name} bought {items}. The {one} was the cheapest.",
@@ -87,7 +102,13 @@ NEW_WORDING_PROBES = [   # `shapes` in wordings no pretraining text uses (tests/
     "{name} got {items}. Their shapes, in the same order:",
     "{name} carried home {items}. Reduced to plain shapes, they become",
     "{name} saw {items}. Name only the shapes, please:",
-    "{name} mailed me {items}. Geometry of each, in order:",
+    "{name} mailed me {items}. Which shapes are those? Answer:",
+]
+UNSEEN_WORDING_PROBES = [   # four more, written after the first four had guided the corpus: never used to change it
+    "{name} sold {items}. Described by shape alone, that is",
+    "{name} needs {items}. The matching shapes would be",
+    "{name} photographed {items}. Shape of each one:",
+    "{name} owns {items}. Spelled out as shapes:",
 ]
 QUESTIONS = {  # lookup in a described scene: a question about one object (or the background) and its answer
     "position": ["Where is the {colour} {noun}?", "Where did the {colour} {noun} go?", "Which side is the {colour} {noun} on?"],
@@ -97,7 +118,7 @@ QUESTIONS = {  # lookup in a described scene: a question about one object (or th
 ANSWERS = {"position": ["It is {where}.", "{Where}.", "The {colour} {noun} is {where}."],
            "size": ["It is {size}.", "{Size}.", "The {colour} {noun} is {size}."],
            "background": ["It is {bg}.", "{Bg}.", "The background is {bg}."]}
-MIX = {"dialogue": 0.3, "scene": 0.15, "knowledge": 0.1, "copying": 0.45}   # share of sequences (see PRETRAIN.md)
+MIX = {"dialogue": 0.3, "scene": 0.2, "knowledge": 0.08, "copying": 0.42}   # share of sequences (see PRETRAIN.md)
 
 
 def random_objects(rng: random.Random, n: int | None = None) -> list[ToyObject]:
@@ -144,13 +165,25 @@ def copying_text(rng: random.Random) -> str:
     """Return one narrative that names 1-5 objects and repeats them, as they are or as shapes, or picks one out."""
     objects = random_objects(rng, rng.randint(1, 5))
     fields = dict(name=rng.choice(NAMES), place=rng.choice(PLACES), when=rng.choice(WHEN), items=items(objects))
-    if len(objects) > 1 and rng.random() < 0.25:
+    r = rng.random()
+    if len(objects) > 1 and r < 0.2:
         o = rng.choice(objects)
         return rng.choice(PICK).format(one=f"{o.colour} {o.noun}", **fields)
+    if r < 0.45:                                   # a composed cue: shapes (2/3) or the objects again (1/3)
+        head = f"{fields['name']} {rng.choice(VERBS)} {fields['items']}."
+        if rng.random() < 2 / 3:
+            return f"{head} {rng.choice(SHAPE_LEADS)}{rng.choice(SHAPE_LINKS)} {shapes(objects)}."
+        return f"{head} {rng.choice(COPY_LEADS).format(**fields)} {items(objects)}."
     return rng.choice(COPY).format(
         again=items(objects).replace("a ", "the ", 1) if rng.random() < 0.3 else items(objects),
         shapes=shapes(objects), list=", ".join(f"{o.colour} {o.noun}" for o in objects),
         shape_list=", ".join(f"{o.colour} {SHAPE_OF[o.noun]}" for o in objects), **fields)
+
+
+def scene_record(objects, background: str) -> str:
+    """Return a terse record of a scene, objects in their (random) drawing order: "Scene: left big red circle; ..."."""
+    return "Scene: " + "; ".join(f"{o.position} {o.size} {o.colour} {o.shape}" for o in objects) + \
+        f"; background {background}."
 
 
 def scene_text(rng: random.Random) -> str:
@@ -159,12 +192,14 @@ def scene_text(rng: random.Random) -> str:
     from photochat_lib.toy.pretrain_perceptron import describe_scene, random_scene
     objects, bg = random_scene(rng)
     lines = [describe_scene(objects, bg)]
+    if rng.random() < 0.5:          # data-to-text: a terse record, then the scene in words (what a photo's visual
+        lines.insert(0, scene_record(objects, bg))   # tokens stand in for: something the LLM can read and verbalise)
     for _ in range(rng.randint(1, 3)):
         kind, o = rng.choice(list(QUESTIONS)), rng.choice(objects)
         f = dict(colour=o.colour, noun=o.noun, where=WHERE[o.position], size=o.size, bg=bg,
                  size_word=rng.choice(SIZE_WORDS[o.size]))
         f.update(Where=f["where"].capitalize(), Size=o.size.capitalize(), Bg=bg.capitalize())
-        if rng.random() < 0.5:
+        if rng.random() < 2 / 3:
             lines.append(rng.choice(QUESTIONS[kind]).format(**f) + " " + rng.choice(ANSWERS[kind]).format(**f))
         else:            # a remark in the dialogue's words, true of the scene
             remark = {"position": SEE_POS, "size": SEE_SIZE, "background": SEE_BG}[kind]
@@ -185,12 +220,13 @@ def probe_examples(kind: str, rng: random.Random) -> tuple[str, str]:
         o = rng.choice(objects)
         return f"{describe_scene(objects, bg)}\nWhere is the {o.colour} {o.noun}? It is", f" {WHERE[o.position]}"
     objects = random_objects(rng)
-    template = rng.choice(NEW_WORDING_PROBES) if kind == "shapes_new_wording" else PROBES[kind]
+    template = {"shapes_new_wording": rng.choice(NEW_WORDING_PROBES),
+                "shapes_unseen_wording": rng.choice(UNSEEN_WORDING_PROBES)}.get(kind) or PROBES[kind]
     prompt = template.format(name=rng.choice(NAMES), items=items(objects), when=rng.choice(WHEN))
     return prompt, items(objects) if kind == "copy" else shapes(objects)
 
 
-PROBE_KINDS = ("copy", "shapes", "knowledge", "lookup", "shapes_new_wording")
+PROBE_KINDS = ("copy", "shapes", "knowledge", "lookup", "shapes_new_wording", "shapes_unseen_wording")
 
 
 @torch.no_grad()
