@@ -23,7 +23,8 @@ photo: ..."): *when* to share and *what* a caption looks like are left to the jo
 The probes (`probe_llm`) measure the abilities on a held-out random stream of objects with greedy decoding:
 ``copy`` (repeat the objects a sentence named), ``shapes`` (repeat them as shapes, in order), ``knowledge``
 (name a noun's shape), ``lookup`` (where is an object of a described scene) and ``shapes_new_wording``
-(``shapes`` after prompts worded as no pretraining text is: `NEW_WORDING_PROBES`; how far it generalises).
+(``shapes`` after prompts worded as no pretraining text is: `NEW_WORDING_PROBES`; how far it generalises) and
+``shapes_unseen_wording`` (four more such prompts, `UNSEEN_WORDING_PROBES`, that never guided the corpus).
 """
 from __future__ import annotations
 
