@@ -130,7 +130,8 @@ def test_lora_recipe_trains_only_adapters_qformer_and_new_rows(toy_data, tmp_pat
     from photochat_lib.data.tokens import SPECIAL_TOKENS
     paperlike = replace(get_recipe("paper"), preset="toy", mixed_precision="no", micro_batch_size=4,
                         grad_accum_steps=1, llm_gradient_checkpointing=False, unet_gradient_checkpointing=False,
-                        lr=1e-2, warmup_steps=1)
+                        lr=1e-2, warmup_steps=1, photo_repeats=8)   # photos in the 2 steps' batches, so L_v trains
+                                                                    # the UNet's adapters
     monkeypatch.setattr(T, "get_recipe", lambda preset: paperlike)
     tr = Trainer(small_cfg(toy_data, tmp_path / "lora", max_steps=2))
     model = tr.unwrapped
@@ -169,7 +170,8 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "photochat_lib.apps.cli", "train", "--data", str(toy_data), "--output-dir", str(run),
            "--max-steps", "3", "--checkpointing-steps", "2", "--log-ranks", *COMMON,
-           "--photo-repeats", "1"]   # with the toy recipe's repeats one sample id can fill two shards' slots
+           "--photo-repeats", "1", "--remark-repeats", "1"]   # with the toy recipe's repeats one sample id can
+                                                               # fill two shards' slots
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
