@@ -166,8 +166,9 @@ def test_shipped_llm_speaks_the_toy_world():
 
 def test_shipped_llm_copies_what_is_named_and_knows_the_shapes():
     """A foundation's abilities (corpus.py), on prompts of a stream pretraining never drew: copy, shapes, knowledge,
-    lookup, and shapes in wordings no pretraining text uses. The floors are what the shipped LLM measures here
-    (PRETRAIN.md: 85, 100, 100, 55, 92.5, 70 % on this stream), a few points under it; lookup's chance is 33 %."""
+    lookup, and shapes in wordings no pretraining text uses. The floors sit a few points under what the shipped LLM
+    measures on this stream (85, 100, 100, 55, 92.5, 70 %; PRETRAIN.md quotes the 100-prompt seed-0 stream);
+    lookup's chance is 33 %."""
     from photochat_lib.toy.corpus import probe_llm
     llm, tok = load_shipped_llm(DEFAULT_OUT / "llm")
     scores = probe_llm(llm, tok, n=40, seed=123)
