@@ -24,6 +24,7 @@ from transformers import LlamaConfig
 from photochat_lib.data.collate import Collator
 from photochat_lib.data.images import blip2_image_processor, sd_image_transform
 from photochat_lib.data.tokens import NUM_VISUAL_TOKENS, SPECIAL_TOKENS
+from photochat_lib.model.hub import HUB_MODELS
 from photochat_lib.model.image_generator import ImageGenerator
 from photochat_lib.model.image_perceptron import build_image_perceptron, init_from_scratch
 from photochat_lib.model.photochat_model import PhotoChatConfig, PhotoChatModel, load_components
@@ -52,11 +53,9 @@ class Preset:
 
 
 PRESETS = {
-    "toy": Preset("toy", None, None, None, image_size=IMAGE_SIZE, sd_resolution=IMAGE_SIZE),
-    "colab": Preset("colab", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "Salesforce/blip2-opt-2.7b-coco",
-                    "stabilityai/stable-diffusion-2-1-base", dtype="float16"),
-    "paper": Preset("paper", "meta-llama/Llama-2-7b-chat-hf", "Salesforce/blip2-opt-2.7b-coco",
-                    "stabilityai/stable-diffusion-2-1-base", dtype="float16"),
+    "toy": Preset("toy", *HUB_MODELS["toy"], image_size=IMAGE_SIZE, sd_resolution=IMAGE_SIZE),
+    "colab": Preset("colab", *HUB_MODELS["colab"], dtype="float16"),
+    "paper": Preset("paper", *HUB_MODELS["paper"], dtype="float16"),
 }
 
 

@@ -117,14 +117,23 @@ CARD_TAGS = ["photochat", "photo-sharing-dialogue", "multimodal", "text-to-image
              "stable-diffusion", "blip-2"]
 
 
+# Each preset's pretrained (LLM, BLIP-2, Stable Diffusion) on the Hub; `presets.PRESETS` is built from these
+# (the toy preset is built from configs in code: none)
+HUB_MODELS = {
+    "toy": (None, None, None),
+    "colab": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "Salesforce/blip2-opt-2.7b-coco",
+              "stabilityai/stable-diffusion-2-1-base"),
+    "paper": ("meta-llama/Llama-2-7b-chat-hf", "Salesforce/blip2-opt-2.7b-coco",
+              "stabilityai/stable-diffusion-2-1-base"),
+}
+
+
 def base_models(config: dict) -> list[str]:
     """Return the Hub ids a model was built from: photochat.json's ``extra["base_model"]`` when set, else
     its preset's LLM, BLIP-2 and Stable Diffusion (none for the toy preset)."""
     if (config.get("extra") or {}).get("base_model"):
         return list(config["extra"]["base_model"])
-    from photochat_lib.presets import PRESETS
-    preset = PRESETS.get(config.get("preset", "toy"))
-    return [s for s in (preset.llm, preset.perceptron, preset.sd) if s] if preset else []
+    return [s for s in HUB_MODELS.get(config.get("preset", "toy"), ()) if s]
 
 
 def read_metrics(folder: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> tuple[Path, dict] | None:
