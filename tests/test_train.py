@@ -62,23 +62,37 @@ def test_sigkill_then_resume_replays_the_same_losses(toy_data, tmp_path):
     assert (run / "checkpoint-2").is_dir() and not (run / "final").exists()
     # a checkpoint being written when the kill came stays a .tmp-* folder; every named one is complete
     assert all((c / "trainer_state.json").exists() for c in run.glob("checkpoint-*"))
-    p = photochat("train", "--data", toy_data, "--output-dir", run, *steps, *COMMON, "--resume-from-checkpoint", "latest")
+    # issue 22's probes: a kill mid-write tears the log's last line and leaves a save's temp folder; a user's
+    # folder that only starts like a checkpoint must survive the run's rotation
+    with open(run / "losses.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')
+    (run / ".final.tmp.abc123").mkdir()
+    (run / "checkpoint-my-1").mkdir()
+    p = photochat("train", "--data", toy_data, "--output-dir", run, *steps, *COMMON, "--resume-from-checkpoint",
+                  "latest", "--checkpoints-total-limit", "1")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
-    assert "resumed from" in out
+    assert "resumed from" in out and "dropped a torn last line" in out and ".final.tmp.abc123" in out
     a, b = losses(ref), losses(run)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert a == b, "per-step losses must replay exactly after SIGKILL + resume"
     assert (run / "final" / "photochat.json").exists()
+    assert sorted(c.name for c in run.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-my-1"]
+    assert not (run / ".final.tmp.abc123").exists()
+    p = photochat("train", "--data", toy_data, "--output-dir", run, *steps, *COMMON, "--resume-from-checkpoint", "latest")
+    out, _ = p.communicate(timeout=600)                       # resumed at its last step: says so, trains nothing
+    assert p.returncode == 0 and "stopped: max_steps" in out and losses(run) == a, out
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_first(toy_data, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_a_checkpoint_first(toy_data, tmp_path, sig):
+    """SIGTERM (a scheduler's stop) saves like Ctrl-C; it once stopped silently without a checkpoint."""
     run = tmp_path / "int"
     p = photochat("train", "--data", toy_data, "--output-dir", run, "--max-steps", "50",
                   "--checkpointing-steps", "1000", *COMMON)
     wait_for_step(run, p, 2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 130, out
     saved = [int(c.name.split("-")[1]) for c in run.glob("checkpoint-*")]
@@ -360,6 +374,7 @@ def test_overwrite_deletes_only_a_runs_own_files(tmp_path):
     from photochat_lib.training.train import clear_run
     run = tmp_path / "run"
     (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "trainer_state.json").write_text("{}")   # the marker save_checkpoint writes
     (run / "final").mkdir()
     for name in ("losses.jsonl", "config.json", "trainer_state.json", "batches.rank0.jsonl"):
         (run / name).write_text("{}")
@@ -426,3 +441,22 @@ def test_resuming_with_a_changed_run_is_refused_and_names_the_changes(toy_data, 
                   "--resume-from-checkpoint", "latest")
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2 and "mode 'end2end' -> 'pipeline'" in out, out
+
+
+def test_resume_compares_what_the_data_is_not_how_it_was_spelled(toy_data, tmp_path, monkeypatch):
+    """Issue 22's probe: a relative --data d given from another working directory silently trained steps 3-6 on
+    other data; the same folder given once absolute and once relative was refused as "changed"."""
+    import shutil
+    from photochat_lib.training.train import check_resume
+    run = tmp_path / "run"
+    common = dict(output_dir=str(run), seed=0, eval_every_epochs=0, max_train_samples=8, micro_batch_size=4,
+                  max_steps=1, checkpointing_steps=1, progress=False)
+    shutil.copytree(toy_data, tmp_path / "a" / "d")
+    write_toy_dataset(tmp_path / "b" / "d", seed=1, n_train=40, n_dev=8, n_test=8)   # other data, same name
+    monkeypatch.chdir(tmp_path / "a")
+    Trainer(TrainConfig(data="d", **common)).train()
+    again = dict(common, max_steps=2, resume_from_checkpoint="latest")
+    check_resume(TrainConfig(data=str(tmp_path / "a" / "d"), **again))       # absolute spelling: the same data
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"data .*a/d -> .*b/d \(its train split differs\)"):
+        check_resume(TrainConfig(data="d", **again))

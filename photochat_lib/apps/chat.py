@@ -4,15 +4,18 @@ Type a message and press Enter. Send a photo with ``/image PATH`` or ``/image PA
 photo, are your turn, and the bot replies to them); ``/bot TEXT`` puts a line in the bot's mouth without a reply
 (to set up a scene: "/bot I bought a red ball."); ``/reset`` forgets the conversation; ``/quit`` (or Ctrl-D) ends. The model replies in text,
 and every photo it shares is drawn, saved under ``--out`` (numbered after the photos already there, so a
-new session never overwrites an earlier one's) and its path printed.
+new session never overwrites an earlier one's, and two sessions at once never share a name) and its path
+printed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 
+from photochat_lib.utils.atomic import write_file
 from photochat_lib.utils.cliutil import at_least, non_negative
 from photochat_lib.model.sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
@@ -94,13 +97,36 @@ def run(args, stdin=None, stdout=None) -> int:
                 history.append(("B", seg.text))
                 say(f"bot> {seg.text}")
             elif seg.image is not None:
-                n_saved += 1
-                path = out / f"photo_{n_saved:03d}.png"
-                seg.image.save(path)
                 history.append(("B", seg.image))
+                try:
+                    path, n_saved = save_photo(out, seg.image, n_saved)
+                except OSError as e:           # a full disk: say so, keep talking, leave no empty file
+                    say(f"bot> [shares a photo: {seg.text}] (could not save it in {out}: {e})")
+                    continue
                 say(f"bot> [shares a photo: {seg.text}] saved to {path}")
             else:
                 say("bot> [tried to share a photo with an empty caption]")
         for note in reply.notes:
             say(f"(note: {note})")
     return 0
+
+
+def save_photo(out: Path, image, last: int) -> tuple[Path, int]:
+    """Write `image` as the first free out/photo_NNN.png after number `last`; return (path, its number).
+
+    The name is claimed with O_CREAT | O_EXCL, so two sessions saving into one folder at once never get the
+    same file; the bytes then arrive atomically (temp file + rename), and a failed write leaves no file."""
+    n = last
+    while True:
+        n += 1
+        path = out / f"photo_{n:03d}.png"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))   # the name is ours alone
+        except FileExistsError:
+            continue
+        try:
+            write_file(path, lambda tmp: image.save(tmp, format="PNG"))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path, n

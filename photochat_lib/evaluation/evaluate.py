@@ -26,6 +26,7 @@ import torch
 
 from photochat_lib.evaluation.grounding import grounded_remarks, is_remark, read_labels
 from photochat_lib.utils.atomic import safe_name, write_json, write_jsonl
+from photochat_lib.utils.folder_lock import hold_folder
 from photochat_lib.utils.cliutil import at_least, non_negative, progress_bar
 from photochat_lib.model.sampling import GUIDANCE_SCALE, SAMPLER_STEPS
 
@@ -77,11 +78,18 @@ def predict(model, samples, batch_size: int = 32, max_new_tokens: int = 48, num_
             for j, img in enumerate(r.images):
                 images.setdefault(s.id, []).append(img)
                 if image_dir is not None:
-                    path = Path(image_dir) / f"{safe_name(s.id)}_{j}.png"       # ids come from the data
+                    path = Path(image_dir) / image_name(s.id, j)       # ids come from the data
                     img.save(path)
                     rec["prediction_images"].append(str(path))
             records.append(rec)
     return records, images
+
+
+def image_name(sample_id: str, j: int) -> str:
+    """Return the file name of a sample's j-th drawn photo: the id made safe, plus 8 hex digits of its hash, so
+    ids that `safe_name` maps alike ('x y', 'x_y') still get their own files (the record keeps the path)."""
+    import hashlib
+    return f"{safe_name(sample_id)}_{hashlib.sha1(str(sample_id).encode()).hexdigest()[:8]}_{j}.png"
 
 
 def score(records, images, preset: str = "toy", inception_weights: str | None = None) -> dict:
@@ -246,9 +254,14 @@ def register(subparsers) -> None:
 
 def _cli(args) -> int:
     from photochat_lib.utils.doctor import require_supported_gpu
-    from photochat_lib.model.photochat_model import PhotoChatModel
     require_supported_gpu()                              # the fix for a torch build without this GPU's kernels
     out = Path(args.out)
+    with hold_folder(out, "photochat evaluate"):       # a second evaluate or a run into --out: one line, no mix
+        return _evaluate(args, out)
+
+
+def _evaluate(args, out: Path) -> int:
+    from photochat_lib.model.photochat_model import PhotoChatModel
     runs = []
     for k, path in enumerate(args.model):
         model = PhotoChatModel.from_pretrained(path)   # a wrong --model: one line from cli.main (exit 2)

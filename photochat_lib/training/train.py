@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,10 @@ from photochat_lib.utils.atomic import write_json
 from photochat_lib.utils.cliutil import progress_bar
 from photochat_lib.training.dev_eval import DevEvaluation
 from photochat_lib.recipe import get_recipe
-from photochat_lib.training.run_folder import RUN_DEFINING, RUN_FILES, RunFolder, check_resume, clear_run, latest_checkpoint  # noqa: F401
+from photochat_lib.training.run_folder import (RUN_DEFINING, RUN_FILES, RunFolder, check_resume,  # noqa: F401
+                                               clean_leftovers, clear_run, data_identity, latest_checkpoint,
+                                               run_checkpoints)
+from photochat_lib.utils.folder_lock import hold_folder
 from photochat_lib.model.stgs import TauScheduler
 
 
@@ -246,7 +250,7 @@ def make_loader(cfg, recipe, model, split: str, dialogues=None):
         samples = samples + [s for s in samples[:n_unique] if s.answers_photo] * (recipe.remark_repeats - 1)
     collate = collator_for(model, cfg.preset, recipe)   # the recipe's max_text_length, max_context_images
     collate.caption_supervision = cfg.caption_supervision
-    ds = PhotoChatDataset(samples)
+    ds = PhotoChatDataset(samples, max_context_images=recipe.max_context_images)
     loader = DataLoader(ds, batch_size=recipe.micro_batch_size, sampler=EpochShuffle(len(ds), cfg.seed),
                         collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed))
     return ds, loader
@@ -379,18 +383,32 @@ class Trainer(RunFolder, DevEvaluation):
         return torch.Generator(device=self.acc.device).manual_seed(s)           # Gumbel + diffusion noise
 
     def _on_sigint(self, signum, frame):
-        if self._interrupted:                      # second Ctrl-C: stop now
+        """Ctrl-C (SIGINT) or a scheduler's SIGTERM: finish this step, save a checkpoint, stop; twice: stop now."""
+        if self._interrupted:                      # second signal: stop now
             raise KeyboardInterrupt
         self._interrupted = True
-        self.acc.print("\n[train] Ctrl-C: saving a checkpoint after this step (press again to abort)")
+        what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        self.acc.print(f"\n[train] {what}: saving a checkpoint after this step (press Ctrl-C again to abort)")
 
     def train(self) -> dict:
-        """Run the training loop; returns the trainer state (steps, history, why it stopped)."""
+        """Run the training loop; returns the trainer state (steps, history, why it stopped).
+
+        The main process holds output_dir's lock throughout (`utils.folder_lock`): a second run into the same
+        folder stops with one line naming this one, before it writes anything."""
+        if not self.acc.is_main_process:
+            return self._train()
+        with hold_folder(self.out, f"photochat train ({self.cfg.mode})"):
+            left = clean_leftovers(self.out)
+            if left:
+                self.acc.print(f"[train] removed what an interrupted save left in {self.out}: {', '.join(left)}")
+            return self._train()
+
+    def _train(self) -> dict:
         cfg, r = self.cfg, self.recipe
         self.out.mkdir(parents=True, exist_ok=True)
         if self.acc.is_main_process:
             write_json(self.out / "config.json", {"train": asdict(cfg), "recipe": r.to_dict(),
-                                                     "trainable": self.trainable})
+                                                     "trainable": self.trainable, "data": data_identity(cfg.data)})
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
             self._trim_log()
@@ -398,7 +416,7 @@ class Trainer(RunFolder, DevEvaluation):
             self.acc.init_trackers("photochat", config=tracker_config(cfg, r))
         max_steps = self.max_steps
         self.total_steps = cfg.lr_schedule_steps or max_steps   # where a decaying lr schedule ends
-        old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        old = {sig: signal.signal(sig, self._on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
         bar = progress_bar(total=max_steps, initial=self.state["global_step"], disable=not (cfg.progress and
                    self.acc.is_local_main_process), desc=f"train {cfg.mode}")
         try:
@@ -407,8 +425,10 @@ class Trainer(RunFolder, DevEvaluation):
                     break
         finally:
             bar.close()
-            if old is not None:
-                signal.signal(signal.SIGINT, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if self.state["stopped"] is None and self.state["global_step"] >= max_steps:
+            self.state["stopped"] = "max_steps"          # resumed at its last step: nothing left to run
         if self.state["stopped"] != "interrupted":
             self.save_final()
         if cfg.report_to:
@@ -531,7 +551,14 @@ def _cli(args) -> int:
     cfg = dataclass_from_args(TrainConfig, args)       # range checks: a nonsense flag stops here
     require_supported_gpu()                            # a V100 under a CUDA 13 torch: the fix, not a kernel error
     out = Path(cfg.output_dir)
-    if not cfg.resume_from_checkpoint and (latest_checkpoint(out) or (out / "losses.jsonl").exists()):
+    if os.environ.get("RANK", "0") != "0":             # accelerate launch: rank 0 owns the folder
+        return _run(cfg, args, out)
+    with hold_folder(out, "photochat train"):          # held from here: --overwrite never clears another's run
+        return _run(cfg, args, out)
+
+
+def _run(cfg: TrainConfig, args, out: Path) -> int:
+    if not cfg.resume_from_checkpoint and (run_checkpoints(out) or (out / "losses.jsonl").exists()):
         if not args.overwrite:
             raise ValueError(f"{out} already holds a run; use --resume-from-checkpoint latest or --overwrite")
         removed = clear_run(out)
