@@ -98,6 +98,17 @@ def test_config_file_errors_are_one_line(tmp_path):
     assert rc == 2 and "not valid YAML/JSON" in err and len(err.splitlines()) == 1, err
     rc, out, err = run("train", "--config", tmp_path / "missing.yaml", "--output-dir", tmp_path / "r")
     assert rc == 2 and "missing.yaml" in err, err
+    # issue 22's probes: wrong types reached the run (a TypeError, or "2.5 optimizer steps" that ran 3), and
+    # a YAML alias bomb under extra: stalled while config.json was written
+    for text, message in [("max_steps: 2.5\n", "max_steps must be an integer, got 2.5"),
+                          ("lr: [1, 2]\n", "lr must be a number, got [1, 2]"),
+                          ("data: {a: 1}\n", "data must be text, got {'a': 1}"),
+                          ("progress: 3\n", "progress must be true or false, got 3"),
+                          ("extra:\n  a: &a [x, x, x]\n  b: [*a, *a, *a]\n", "aliases (*name) are not allowed")]:
+        (tmp_path / "typed.yaml").write_text(text)
+        rc, out, err = run("train", "--config", tmp_path / "typed.yaml", "--output-dir", tmp_path / "r")
+        assert rc == 2 and message in err and "typed.yaml" in err and len(err.splitlines()) == 1, (text, err)
+    assert not (tmp_path / "r").exists()                 # refused before anything was written
 
 
 def test_llm_perceptron_and_sd_flags_reach_the_preset_loader(monkeypatch, tmp_path):

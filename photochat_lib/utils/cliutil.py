@@ -85,7 +85,8 @@ def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
     Unknown keys are a ValueError naming them and the file."""
     import yaml
     try:
-        data = yaml.safe_load(open(path))              # JSON is YAML
+        with open(path) as f:
+            data = yaml.load(f, Loader=_NoAliasLoader)  # JSON is YAML
     except OSError as e:
         raise ValueError(f"--config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
@@ -99,7 +100,47 @@ def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"--config {path}: unknown settings {', '.join(unknown)}")
-    return values
+    actions = {a.dest: a for a in parser._actions}
+    return {k: _checked(actions[k], k, v, path) if k in actions else v for k, v in values.items()}
+
+
+def _checked(action: argparse.Action, key: str, value, path: str):
+    """Return a --config value as its flag would parse it; a wrong type is a ValueError naming file and key
+    (argparse converts only string defaults, so `max_steps: 2.5` or `lr: [1, 2]` once reached the run)."""
+    if value is None:
+        return None
+    if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
+        if not isinstance(value, bool):
+            raise ValueError(f"--config {path}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, (dict, list, bool)) or (action.type is int and isinstance(value, float)):
+        kind = {int: "an integer", float: "a number", str: "text"}.get(action.type, "one value")
+        raise ValueError(f"--config {path}: {key} must be {kind}, got {value!r}")
+    if action.type is None or action.type is str:
+        return value if isinstance(value, str) else str(value)
+    try:
+        value = action.type(str(value))
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise ValueError(f"--config {path}: {key}: {e}") from None
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+try:
+    import yaml as _yaml
+
+    class _NoAliasLoader(_yaml.SafeLoader):
+        """yaml.SafeLoader without aliases: a settings file needs no ``*ref``, and nested aliases expand
+        exponentially (a few lines once stalled the run while config.json was written)."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(_yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise _yaml.YAMLError(f"aliases (*name) are not allowed in a settings file (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+except ImportError:                                    # pyyaml is a dependency; keep the module importable
+    _NoAliasLoader = None
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
