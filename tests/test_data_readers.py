@@ -217,3 +217,18 @@ def test_schema_validation():
     with pytest.raises(ValueError, match="caption"):
         Photo("  ")
     assert Photo("c", url="u").key == "u" and Photo("c", path="p").key == "p" and Photo("c").key == "c"
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_sixteen_bit_photos_are_scaled_not_clipped(tmp_path, suffix):
+    """Issue 22's probe: a 16-bit TIFF passed "every photo decoded", but 99.6 % of its pixels became 255
+    (PIL's convert("RGB") clips I;16 values above 255). A ramp over the 16-bit range must stay a ramp."""
+    import numpy as np
+    from PIL import Image
+    from photochat_lib.data.images import load_image
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / f"photo{suffix}")
+    assert Image.open(tmp_path / f"photo{suffix}").mode.startswith("I")
+    rgb = np.asarray(load_image(str(tmp_path / f"photo{suffix}")))
+    assert rgb.shape == (64, 64, 3) and (rgb == 255).mean() < 0.01
+    assert np.abs(rgb[..., 0].astype(float) - ramp / 257).max() <= 0.5 + 1e-9   # 65535 -> 255, linear

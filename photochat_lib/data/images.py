@@ -22,9 +22,17 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Return img as RGB; transparent pixels (RGBA, LA, P with transparency) become white."""
+    """Return img as RGB; transparent pixels (RGBA, LA, P with transparency) become white; more than 8 bits per
+    channel (16-bit TIFF or PNG, 32-bit float) are scaled down to 8, not clipped (PIL's convert clips, so a
+    16-bit photo came out 99.6 % white)."""
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":       # I;16, I;16B, I (16-bit PNG), F: one channel, wide
+        import numpy as np
+        a = np.asarray(img, dtype=np.float64)
+        full = 1.0 if img.mode == "F" and a.size and a.max() <= 1.0 else 255.0 if img.mode == "F" else 65535.0
+        gray = np.clip(np.round(a * (255.0 / full)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
