@@ -156,6 +156,25 @@ def test_truncated_weights_and_broken_configs_name_the_file(tmp_path):
         PhotoChatModel.from_pretrained(model)
 
 
+@pytest.mark.parametrize("field,value", [("vocab_size", 10 ** 10), ("num_hidden_layers", 10 ** 5)])
+def test_absurd_model_sizes_are_refused_before_any_tensor(tmp_path, field, value):
+    """Issue 22's probes: vocab_size 1e10 in a model folder gave a RuntimeError; num_hidden_layers 1e5 left
+    `chat --model` silent for minutes. Now: one line naming the file, in well under a second."""
+    import json
+    import time
+    from photochat_lib.model.photochat_model import PhotoChatModel
+    model = tmp_path / "m"
+    shutil.copytree(TOY_END2END, model)
+    config = json.loads((model / "llm" / "config.json").read_text())
+    (model / "llm" / "config.json").write_text(json.dumps({**config, field: value}))
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"llm/config.json: vocab_size .* parameters .* is the config broken\?"):
+        PhotoChatModel.from_pretrained(model)
+    assert time.perf_counter() - t < 5
+    rc, out, err = run("evaluate", "--model", model, "--out", tmp_path / "ev")
+    assert rc == 2 and "is the config broken?" in err and len(err.splitlines()) == 1, err
+
+
 def test_local_looking_paths_never_reach_the_hub(tmp_path, monkeypatch):
     import huggingface_hub
 

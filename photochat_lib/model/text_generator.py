@@ -39,14 +39,35 @@ def load_llm(source: str | os.PathLike | LlamaConfig, tokenizer: PreTrainedToken
     if isinstance(source, LlamaConfig):
         if tokenizer is None:
             raise ValueError("building an LLM from a config needs its tokenizer")
+        check_size(source, "the LLM config")
         llm = LlamaForCausalLM(source)
     else:
+        from transformers import AutoConfig
         kwargs = {"dtype": dtype} if dtype is not None else {}
+        check_size(AutoConfig.from_pretrained(source, token=token), f"{source}/config.json")   # no tensor yet
         llm = AutoModelForCausalLM.from_pretrained(source, token=token, **kwargs)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source, token=token)
     add_special_tokens(tokenizer, llm)
     return llm, tokenizer
+
+
+def check_size(config, where: str, factor: float = 4.0) -> None:
+    """Refuse, before any tensor is built, an LLM config whose weights would not fit `factor` x this machine's
+    memory (RAM + GPUs), naming the file and its sizes: ``vocab_size`` 1e10 or ``num_hidden_layers`` 1e5 once
+    meant a RuntimeError or minutes of silence. Estimate: embeddings and head, plus per layer the attention
+    (4 hidden^2) and the gated MLP (3 hidden x intermediate), 4 bytes each."""
+    import psutil
+    get = lambda name, default=0: int(getattr(config, name, default) or default)   # noqa: E731
+    vocab, hidden, layers = get("vocab_size"), get("hidden_size"), get("num_hidden_layers")
+    inter = get("intermediate_size", 4 * hidden)
+    params = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
+    memory = psutil.virtual_memory().total + sum(torch.cuda.get_device_properties(i).total_memory
+                                                 for i in range(torch.cuda.device_count()))
+    if params * 4 > factor * memory:
+        raise ValueError(f"{where}: vocab_size {vocab:,}, hidden_size {hidden:,}, num_hidden_layers {layers:,} make "
+                         f"about {params / 1e9:,.0f} B parameters ({params * 4 / 2 ** 30:,.0f} GiB), far beyond this "
+                         f"machine's {memory / 2 ** 30:,.0f} GiB; is the config broken?")
 
 
 def splice_visual_tokens(embeds: torch.Tensor, input_ids: torch.Tensor, placeholder_id: int,
