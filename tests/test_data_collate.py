@@ -250,3 +250,32 @@ def test_images_any_mode_to_rgb(tmp_path):
     assert transparent.getpixel((0, 0)) == (255, 255, 255)
     y = sd_image_transform(4)(Image.new("RGB", (9, 5), (255, 0, 0)))
     assert torch.allclose(y[0], torch.ones(4, 4)) and torch.allclose(y[1], -torch.ones(4, 4))
+
+
+def test_long_dialogues_keep_the_same_turns_in_bounded_work(toks, dialogue, monkeypatch):
+    """Issue 22's probe: a 5,000-turn dialogue kept `train` silent for over 300 s (250 turns 9 s, 1,000 turns
+    131 s: encode rendered the whole context and scanned every token for every turn it could drop;
+    benchmarks/long_dialogue.py times it). Now: the same kept turns as dropping the oldest one at a time,
+    and the text tokenized per sample stays bounded however long the dialogue."""
+    photo = next(t.photo for t in dialogue.turns if t.photo is not None)
+
+    def long(n):
+        return Dialogue(f"long{n}", [Turn("ab"[i % 2], photo=photo) if i % 25 == 24 else
+                                     Turn("ab"[i % 2], text=f"Turn {i}: a red ball and a blue kite.")
+                                     for i in range(n)], "test")
+    col, _ = collate(toks, dialogue_samples(dialogue), max_length=128, max_context_images=2)
+    for s in dialogue_samples(long(120))[::7]:             # against the plain rule: drop oldest until it fits
+        kept = col.encode(s)["context"]
+        ctx = col._capped_context(s)
+        while ctx and len(col._encode(col._render(s, ctx)[0])[0]) + 1 > col.max_length:
+            ctx = ctx[1:]
+        assert kept == ctx
+    seen = []
+    real = col._encode
+    monkeypatch.setattr(col, "_encode", lambda text: (seen.append(len(text)), real(text))[1])
+    last = dialogue_samples(long(5000))[-1]
+    col.encode(last)
+    assert sum(seen) < 12 * max(seen[-1], 1) and max(seen) < 40 * col.max_length   # not ~5,000 turns of text
+    kept = col.encode(last)["context"]
+    cuts = col.cut_report([last])                          # 4,999 turns, 199 photos of which the cap keeps 2
+    assert cuts["turns"] == 4999 - (199 - 2) - len(kept) and cuts["photos"] == 199 - sum(t.photo is not None for t in kept)

@@ -23,6 +23,7 @@ dialogue model perceives photos based on the image descriptions"): the photo is 
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import Counter
 from typing import Callable
@@ -42,9 +43,12 @@ CONTEXT_PHOTOS = ("perceptron", "caption")  # how a photo in the context U reach
 class PhotoChatDataset(Dataset):
     """Samples with their context and target images loaded (``image_loader(photo) -> PIL image``)."""
 
-    def __init__(self, samples: list[Sample], image_loader: Callable[[Photo], Image.Image] = load_image):
+    def __init__(self, samples: list[Sample], image_loader: Callable[[Photo], Image.Image] = load_image,
+                 max_context_images: int | None = None):
         self.samples = samples
         self.image_loader = image_loader
+        self.max_context_images = max_context_images   # load only the newest this many context photos (the
+                                                       # collator drops older ones anyway)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -60,7 +64,10 @@ class PhotoChatDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         """Return {"sample", "context_images", "target_images"} (images in order of appearance)."""
         s = self.samples[i]
-        return {"sample": s, "context_images": [self._load(p, s) for p in s.context_photos()],
+        photos = s.context_photos()
+        if self.max_context_images is not None:
+            photos = photos[len(photos) - self.max_context_images:] if self.max_context_images else []
+        return {"sample": s, "context_images": [self._load(p, s) for p in photos],
                 "target_images": [self._load(p, s) for p in s.target_photos()]}
 
 
@@ -135,18 +142,30 @@ class Collator:
             ids, starts = [self.llm.bos_token_id] + ids, [-1] + starts
         return ids, starts
 
-    def _capped_context(self, sample: Sample) -> list[Turn]:
+    def _capped_context(self, sample: Sample, limit: int | None = None) -> list[Turn]:
         """Return the context without its oldest photo turns beyond ``max_context_images`` (pixels only:
-        a photo written as its caption is text, and the length limit governs it)."""
-        seen = [i for i, t in enumerate(sample.context) if self.sees_pixels(t)]
-        if self.max_context_images is None or len(seen) <= self.max_context_images:
-            return list(sample.context)
-        dropped = set(seen[: len(seen) - self.max_context_images])
-        return [t for i, t in enumerate(sample.context) if i not in dropped]
+        a photo written as its caption is text, and the length limit governs it); with `limit`, only its
+        newest `limit` turns (walked from the end, so the cost does not grow with the dialogue)."""
+        kept, photos = [], 0
+        for t in reversed(sample.context):
+            if self.sees_pixels(t):
+                photos += 1
+                if self.max_context_images is not None and photos > self.max_context_images:
+                    continue
+            kept.append(t)
+            if limit is not None and len(kept) >= limit:
+                break
+        return kept[::-1]
 
     def encode(self, sample: Sample) -> dict:
         """Return one sample's ids, labels, caption positions (local) and the kept context turns."""
-        capped, drop = self._capped_context(sample), 0
+        # every context turn renders to >= 1 token, so turns older than the newest max_length never fit; and
+        # the newest k turns, k doubling, show where the fitting ones end: render only ~2x what is kept (a
+        # 5,000-turn dialogue once took minutes here, re-rendering and re-scanning all it would drop)
+        capped, k = self._capped_context(sample, limit=self.max_length), 8
+        while k < len(capped) and len(self._encode(self._render(sample, capped[-k:])[0])[0]) < self.max_length:
+            k *= 2
+        drop = max(0, len(capped) - k)
         while True:
             context = capped[drop:]
             text, resp_start, spans, turn_starts = self._render(sample, context)
@@ -159,7 +178,7 @@ class Collator:
                                 f"{self.max_length}", dialogue_id=sample.dialogue_id, field=f"sample {sample.id}")
             # drop the fewest oldest turns that can make it fit (re-checked on the next pass)
             excess = n - self.max_length
-            first_tok = [next(i for i, s in enumerate(starts) if s >= c) for c in turn_starts[1:]]
+            first_tok = [bisect.bisect_left(starts, c) for c in turn_starts[1:]]   # starts ascend: O(log n) each
             drop += next((k + 1 for k, ft in enumerate(first_tok) if ft - 1 >= excess), len(context))
         ids.append(self.llm.eos_token_id)
         starts.append(len(text))
@@ -181,8 +200,10 @@ class Collator:
         cuts = Counter()
         for s in samples:
             kept = self.encode(s)["context"]
-            n_turns = len(self._capped_context(s)) - len(kept)
-            n_photos = sum(self.sees_pixels(t) for t in s.context) - sum(self.sees_pixels(t) for t in kept)
+            pixels = sum(1 for t in s.context if t.photo is not None) if self.context_photos == "perceptron" else 0
+            capped = len(s.context) - max(0, pixels - self.max_context_images if self.max_context_images is not None else 0)
+            n_turns = capped - len(kept)
+            n_photos = pixels - sum(self.sees_pixels(t) for t in kept)
             cuts["samples"] += bool(n_turns or n_photos)
             cuts["turns"] += n_turns
             cuts["photos"] += n_photos
@@ -234,9 +255,9 @@ class Collator:
             input_ids[b, :n] = torch.tensor(e["input_ids"])
             attention_mask[b, :n] = 1
             labels[b, :n] = torch.tensor(e["labels"])
-            # context photos of the kept turns only: the dropped ones are the first images
-            n_dropped = len(it["sample"].context_photos()) - sum(t.photo is not None for t in e["context"])
-            for img in it["context_images"][n_dropped:] if self.context_photos == "perceptron" else []:
+            # context photos of the kept turns only: the newest images (older ones were dropped or never loaded)
+            n_kept = sum(t.photo is not None for t in e["context"])
+            for img in it["context_images"][len(it["context_images"]) - n_kept:] if self.context_photos == "perceptron" else []:
                 ctx_pix.append(self.image_transform(img))
                 ctx_idx.append(b)
             cap = torch.tensor(e["caption_positions"])
