@@ -76,7 +76,7 @@ def test_data_stats_check_images_names_dialogue_and_path_or_counts_under_lenient
     rc, out, err = run("data", "stats", toy / "train")
     assert rc == 0                                            # without the flag the photos are not opened
     rc, out, err = run("data", "stats", toy / "train", "--check-images")
-    assert rc == 1 and f"dialogue {did}" in err and path in err and "unreadable image" in err, err
+    assert rc == 2 and f"dialogue {did}" in err and path in err and "unreadable image" in err, err   # was 1
     rc, out, err = run("data", "stats", toy / "train", "--check-images", "--lenient")
     assert rc == 0 and "1 dialogues skipped for bad images" in err and "bad_image: 1" in err, err
 
@@ -336,3 +336,12 @@ def test_every_commands_numeric_flags_are_range_checked_at_parse_time(argv, mess
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_long_output_name_fits_its_temporary_name(tmp_path):
+    """Issue 22's probe: `data toy --out` with a 245-character name failed on its temporary name (".NAME.tmp.XXXX"
+    went past the 255-byte limit of a file name)."""
+    out = tmp_path / ("d" * 245)
+    rc, _, err = run("data", "toy", "--out", out, "--n-train", "2", "--n-dev", "1", "--n-test", "1")
+    assert rc == 0, err
+    assert (out / "toy_dataset.json").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

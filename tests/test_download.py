@@ -199,10 +199,10 @@ def test_offline_base_url_fails_clearly_and_writes_nothing_but_the_manifest(tmp_
     dl.register_download(parser.add_subparsers())
     args = parser.parse_args(["download", "photochat", "--dest", str(dest), "--base-url", base, "--retries", "0",
                               "--no-progress"])
-    assert args.func(args) == 1
+    assert args.func(args) == 2                  # the README: a fixable error exits 2
     assert "offline?" in capsys.readouterr().err
     # the lead's entry point takes a bare Namespace too; missing options take the CLI defaults
-    assert dl.main_download(argparse.Namespace(dest=str(dest), base_url=base, retries=0, no_progress=True)) == 1
+    assert dl.main_download(argparse.Namespace(dest=str(dest), base_url=base, retries=0, no_progress=True)) == 2
     assert "offline?" in capsys.readouterr().err and [p.name for p in dest.rglob("*")] == ["manifest.json"]
 
 

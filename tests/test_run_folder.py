@@ -183,3 +183,34 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temp_folder(t
         trainer.train()
     assert not [p.name for p in run.iterdir() if "checkpoint" in p.name]   # no .tmp-checkpoint-1, no checkpoint-1
     assert isinstance(SaveError("x"), OSError)                             # the CLI's one-line errors
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled, if anything ever ran it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_non_weights_pickle_in_a_checkpoint_is_one_line_and_never_runs(toy_data, tmp_path):
+    """Probe: a non-weights pickle as optimizer.bin or pytorch_model.bin gave an UnpicklingError traceback (the
+    payload stayed blocked); now one line naming the checkpoint or file, and still nothing runs."""
+    import pickle
+    from photochat_lib.model.photochat_model import PhotoChatModel
+    from photochat_lib.training.train import TrainConfig, Trainer
+    run = tmp_path / "run"
+    cfg = dict(data=str(toy_data), output_dir=str(run), max_train_samples=8, micro_batch_size=4, checkpointing_steps=1,
+               eval_every_epochs=0, progress=False)
+    Trainer(TrainConfig(max_steps=1, **cfg)).train()
+    marker = tmp_path / "ran"
+    (run / "checkpoint-1" / "optimizer.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match=r"checkpoint-1: cannot restore this checkpoint \(UnpicklingError"):
+        Trainer(TrainConfig(max_steps=2, resume_from_checkpoint="latest", **cfg)).train()
+    (run / "checkpoint-1" / "model.safetensors").unlink()
+    (run / "checkpoint-1" / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match=r"checkpoint-1/pytorch_model.bin: not a weights file torch loads safely"):
+        PhotoChatModel.from_pretrained(run / "checkpoint-1")
+    assert not marker.exists()

@@ -89,7 +89,7 @@ def _wording(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    """Print the statistics table; returns 0, or 1 on a data error."""
+    """Print the statistics table; returns 0, or 2 on a data error (as every command's fixable errors)."""
     from photochat_lib.data.dialogcc import read_dialogcc
     from photochat_lib.data.photochat import read_photochat
     from photochat_lib.data.stats import dialogue_stats, format_table
@@ -103,7 +103,7 @@ def _stats(args: argparse.Namespace) -> int:
                 dialogues = reader(path, lenient=args.lenient, report=report, check_images=args.check_images)
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 1
+            return 2
         if report.skipped:
             print(f"{path}: {report.summary()}", file=sys.stderr)
             for message in report.messages[:10]:

@@ -431,9 +431,9 @@ def main_download(args: argparse.Namespace) -> int:
                                  fill_missing=opt["fill_model"] if opt["fill_missing"] else None,
                                  progress=not opt["no_progress"], deadline=opt["deadline"],
                                  backoff=opt["backoff"], seed=opt["seed"], fill_steps=opt["fill_steps"])
-    except (DownloadError, ValueError) as exc:
+    except (DownloadError, ValueError) as exc:   # offline, a bad option or manifest: the README's status 2
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     _print_report(rep)
     return 0
 

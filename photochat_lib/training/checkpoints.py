@@ -97,6 +97,10 @@ def _load_checkpoint_weights(model, folder: Path) -> None:
         broken = find_broken_file(folder)        # a copy cut short: name the file
         if broken is not None:
             raise ValueError(f"{broken[0]}: {broken[1]}") from e
+        import pickle
+        if isinstance(e, (pickle.UnpicklingError, EOFError)):   # weights_only refused it: nothing of it ran
+            raise ValueError(f"{folder / CHECKPOINT_WEIGHTS[1]}: not a weights file torch loads safely "
+                             f"({' '.join(str(e).split())[:160]})") from None
         if not isinstance(e, RuntimeError):
             raise
         raise ValueError(f"{folder}: its weights do not fit the model its run's config.json builds "

@@ -172,7 +172,15 @@ class RunFolder:
         if path is None:
             self.acc.print(f"[train] no checkpoint in {self.out}; starting from scratch")
             return
-        self.acc.load_state(str(path))
+        import pickle
+        from safetensors import SafetensorError
+        try:
+            self.acc.load_state(str(path))
+        except (pickle.UnpicklingError, SafetensorError, EOFError) as e:   # not a state torch loads safely
+            reason = " ".join(str(e).split())[:200]
+            raise ValueError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: {reason}); its files are "
+                             f"not what a run saves (nothing of them ran): resume from another checkpoint-N "
+                             f"or start afresh") from None
         saved = json.loads((path / "trainer_state.json").read_text())
         self.tau.load_state_dict(saved.pop("tau"))
         self.state.update(saved)

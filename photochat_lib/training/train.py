@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -575,5 +576,5 @@ def _run(cfg: TrainConfig, args, out: Path) -> int:
         print(f"[train] interrupted at step {state['global_step']}; resume with --resume-from-checkpoint latest")
         return 130
     print(f"[train] done: {state['global_step']} steps, stopped: {stopped}")
-    print(f"[train] final model: {out / 'final'}  (photochat chat --model {out / 'final'})")
+    print(f"[train] final model: {out / 'final'}  (photochat chat --model {shlex.quote(str(out / 'final'))})")
     return 0

@@ -40,11 +40,17 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _short(name: str, keep: int = 100) -> str:
+    """Return a temp name's stem: the target's name, cut to `keep` characters (a 245-character folder name
+    plus ".tmp.XXXXXXXX" once went past the 255-byte limit of a file name)."""
+    return name if len(name) <= keep else name[:keep]
+
+
 def write_file(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call write(tmp_path) on a temp file beside path, then rename it onto path; returns path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_short(path.name)}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -84,12 +90,12 @@ def replace_dir(final: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call write(tmp) on a fresh temp sibling of final, then swap it into place; returns final."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_short(final.name)}.tmp.", dir=final.parent))
     try:
         write(tmp)
         os.chmod(tmp, 0o755)                      # mkdtemp makes 0700
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{_short(final.name)}.old.", dir=final.parent))
             os.replace(final, old / final.name)
             os.replace(tmp, final)
             shutil.rmtree(old)
