@@ -11,7 +11,13 @@ or a CLI's ``--help`` does not pay for torch, transformers and diffusers.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version as _version
 from typing import TYPE_CHECKING
+
+try:
+    __version__ = _version("photochat_lib")   # pyproject.toml's [project] version, the one place it is kept
+except PackageNotFoundError:                  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # public name -> the submodule that defines it
 _EXPORTS = {

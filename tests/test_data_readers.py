@@ -174,7 +174,7 @@ def test_bad_files(tmp_path):
 
 def test_cli_stats_strict_error_and_lenient(tmp_path, capsys):
     path = write(tmp_path / "split.json", [good("ok1"), BAD["no_photo"][0]])
-    assert run_cli(["data", "stats", str(path)]) == 1
+    assert run_cli(["data", "stats", str(path)]) == 2          # a fixable error: exit 2, as the README says
     assert "dialogue b4" in capsys.readouterr().err
     assert run_cli(["data", "stats", "--lenient", str(path)]) == 0
     out = capsys.readouterr()

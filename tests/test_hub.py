@@ -274,3 +274,34 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert "[photo: " in capsys.readouterr().out
     with Image.open(tmp_path / "photo.png") as photo:
         assert photo.size == (32, 32)
+
+
+def test_the_loading_and_saving_arguments_hugging_face_users_type(toy_model, tmp_path, monkeypatch):
+    """Issue 21's probes: local_files_only=True or low_cpu_mem_usage=True raised "photochat.json is broken" (it
+    blamed the file); device_map={"": "cpu"} a raw TypeError, "balanced" a RuntimeError; save_pretrained with
+    safe_serialization=True or push_to_hub=True a TypeError."""
+    import huggingface_hub
+    from photochat_lib.model.photochat_model import PhotoChatModel
+    seen = {}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, **kw: (seen.update(kw, repo=repo), str(TOY_END2END))[1])
+    m = PhotoChatModel.from_pretrained("someone/photochat-toy", local_files_only=True, cache_dir=str(tmp_path / "c"),
+                                       force_download=False, low_cpu_mem_usage=True, device_map={"": "cpu"})
+    assert seen == {"repo": "someone/photochat-toy", "revision": None, "token": None, "local_files_only": True,
+                    "cache_dir": str(tmp_path / "c"), "force_download": False}
+    assert m.device.type == "cpu"
+    for device_map in ("balanced", {"llm": 0, "sd": 1}):
+        with pytest.raises(ValueError, match="splits the model across devices; a PhotoChatModel loads onto one"):
+            PhotoChatModel.from_pretrained(TOY_END2END, device_map=device_map)
+    with pytest.raises(ValueError, match="'gpu0' is not a device"):
+        PhotoChatModel.from_pretrained(TOY_END2END, device_map="gpu0")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) attn_implementation; it takes dtype"):
+        PhotoChatModel.from_pretrained(TOY_END2END, attn_implementation="sdpa")
+    toy_model.save_pretrained(tmp_path / "saved", safe_serialization=True, max_shard_size="4MB")
+    assert (tmp_path / "saved" / "photochat.json").exists()
+    with pytest.raises(ValueError, match="saves only safetensors"):
+        toy_model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    calls = fake_hub(monkeypatch)
+    toy_model.save_pretrained(tmp_path / "photochat-mine", push_to_hub=True, private=True)
+    assert calls["upload_folder"]["repo_id"] == "you/photochat-mine" and calls["create_repo"]["private"] is True
+    assert (tmp_path / "photochat-mine" / "photochat.json").exists()

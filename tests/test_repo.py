@@ -70,3 +70,18 @@ def test_scale_out_configs_are_valid_accelerate_configs(name, kind):
     from accelerate.commands.config.config_args import ClusterConfig
     cfg = ClusterConfig.from_yaml_file(ROOT / "photochat_lib" / "configs" / "accelerate" / name)
     assert cfg.distributed_type.value == kind and cfg.mixed_precision == "fp16"
+
+
+def test_release_hygiene_version_urls_changelog_and_types():
+    """Issue 21: `photochat --version` failed; there was no __version__, CHANGELOG, py.typed or Project-URLs."""
+    import photochat_lib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert photochat_lib.__version__ == project["project"]["version"]
+    out = subprocess.run([sys.executable, "-m", "photochat_lib.apps.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"photochat {photochat_lib.__version__}", out
+    repo = project["tool"]["photochat"]["course"]["repository"].rstrip("/")
+    urls = project["project"]["urls"]
+    assert {"Homepage", "Repository", "Issues", "Changelog"} <= set(urls) and all(u.startswith(repo) for u in urls.values())
+    assert (ROOT / "photochat_lib" / "py.typed").exists() and "py.typed" in project["tool"]["setuptools"]["package-data"]["photochat_lib"]
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## {photochat_lib.__version__}" in changelog

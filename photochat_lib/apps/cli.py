@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="End-to-end photo-sharing multimodal dialogue (LLM + Q-Former + Stable Diffusion).",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    from photochat_lib import __version__
+    parser.add_argument("--version", action="version", version=f"photochat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMANDS:

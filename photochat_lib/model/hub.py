@@ -41,8 +41,10 @@ def looks_local(name: str) -> bool:
     return "/" in s and Path(s.split("/")[0]).is_dir()     # "runs/e2e" when ./runs exists
 
 
-def resolve_model_path(name: str | os.PathLike, revision: str | None = None, token: str | None = None) -> Path:
-    """Return a local folder for `name`: the folder itself, or the Hub snapshot of a repo id.
+def resolve_model_path(name: str | os.PathLike, revision: str | None = None, token: str | None = None,
+                       **hub_kwargs) -> Path:
+    """Return a local folder for `name`: the folder itself, or the Hub snapshot of a repo id (hub_kwargs:
+    snapshot_download's ``cache_dir``, ``force_download``, ``local_files_only``).
 
     Raises FileNotFoundError for a missing local folder or an unknown repo, HubConnectionError when the
     Hub cannot be reached and the repo is not cached.
@@ -55,7 +57,7 @@ def resolve_model_path(name: str | os.PathLike, revision: str | None = None, tok
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
     try:
-        return Path(snapshot_download(str(name), revision=revision, token=token))
+        return Path(snapshot_download(str(name), revision=revision, token=token, **hub_kwargs))
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as e:
         raise FileNotFoundError(f"{name} is neither a local folder nor a Hub model you can read "
                                 f"({type(e).__name__})") from None

@@ -76,19 +76,14 @@ class ImageGenerator(nn.Module):
 
     def encode_onehot(self, r_sd: torch.Tensor) -> torch.Tensor:
         """Return (B, n, D) caption states of the CLIP text encoder for one-hot rows r_sd (B, n, |V_SD|)."""
-        te = getattr(self.text_encoder, "text_model", self.text_encoder)   # transformers 4.x wraps it
+        te = self.text_encoder
         weight = te.embeddings.token_embedding.weight                       # (|V_SD|, D)
         token_embeds = r_sd.to(weight.dtype) @ weight                       # (B, n, D) = one-hot @ E
         hidden = te.embeddings(inputs_embeds=token_embeds)                  # + position embeddings
         seq = hidden.shape[1]
         causal = torch.full((seq, seq), torch.finfo(hidden.dtype).min, device=hidden.device,
                             dtype=hidden.dtype).triu(1)[None, None]         # (1, 1, n, n) additive mask
-        if hasattr(self.text_encoder, "text_model"):                        # transformers 4.x
-            hidden = te.encoder(inputs_embeds=hidden, causal_attention_mask=causal.expand(
-                hidden.shape[0], 1, seq, seq)).last_hidden_state
-        else:                                                               # transformers 5.x
-            hidden = te.encoder(inputs_embeds=hidden, attention_mask=causal,
-                                is_causal=True).last_hidden_state
+        hidden = te.encoder(inputs_embeds=hidden, attention_mask=causal, is_causal=True).last_hidden_state
         return te.final_layer_norm(hidden)                                  # (B, n, D)
 
     # ----- image side -----

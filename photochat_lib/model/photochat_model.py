@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -68,6 +69,33 @@ class PhotoChatConfig:
             raise ValueError(f"sd_caption_source must be 'gold' or 'sampled', got {self.sd_caption_source!r}")
         if self.pipeline_context not in CONTEXT_PHOTOS:
             raise ValueError(f"pipeline_context must be one of {CONTEXT_PHOTOS}, got {self.pipeline_context!r}")
+
+
+HUB_LOAD_KWARGS = ("cache_dir", "force_download", "local_files_only")   # passed on to the Hub download
+ACCEPTED_LOAD_KWARGS = ("low_cpu_mem_usage", "use_safetensors", "trust_remote_code")   # nothing to change here:
+# weights load as transformers and diffusers load them (low-memory, safetensors), and no remote code exists
+
+
+def _one_device(device_map):
+    """Return device_map as one device (or "auto"): a PhotoChatModel lives on one device. {"": d} is d;
+    a split across devices ("balanced", per-module dicts) is refused in one line."""
+    if isinstance(device_map, dict):
+        if set(device_map) != {""}:
+            raise ValueError(f"device_map={device_map!r} splits the model across devices; a PhotoChatModel loads onto "
+                             f"one: pass 'auto', a device ('cpu', 'cuda:0') or {{'': device}}")
+        device_map = device_map[""]
+    if isinstance(device_map, int):
+        device_map = f"cuda:{device_map}"
+    if isinstance(device_map, str) and device_map in ("balanced", "balanced_low_0", "sequential"):
+        raise ValueError(f"device_map={device_map!r} splits the model across devices; a PhotoChatModel loads onto "
+                         f"one: pass 'auto', a device ('cpu', 'cuda:0') or {{'': device}}")
+    if isinstance(device_map, str) and device_map != "auto":
+        try:
+            torch.device(device_map)
+        except RuntimeError:
+            raise ValueError(f"device_map={device_map!r} is not a device; pass 'auto', 'cpu', 'cuda', 'cuda:0' or "
+                             f"{{'': device}}") from None
+    return device_map
 
 
 @dataclass
@@ -182,10 +210,22 @@ class PhotoChatModel(nn.Module):
 
     # ----- persistence: one folder per component, each in its upstream repo layout -----
     def save_pretrained(self, path: str | os.PathLike, components: tuple[str, ...] | None = None,
-                        max_shard_size: str | int | None = None) -> None:
+                        max_shard_size: str | int | None = None, safe_serialization: bool = True,
+                        push_to_hub: bool = False, repo_id: str | None = None, **push_kwargs) -> None:
         """Write llm/ (model + tokenizer), perceptron/, sd/ (diffusers layout) and photochat.json
         (only the named `components` of those three folders, when given); max_shard_size: transformers' limit
-        on one weights file of llm/ and perceptron/ (default: theirs)."""
+        on one weights file of llm/ and perceptron/ (default: theirs). Weights are always safetensors
+        (safe_serialization=False is refused); push_to_hub=True then uploads the model to `repo_id` (default:
+        the folder's name) as `push_to_hub` does, with push_kwargs (private, token, commit_message, run_dir)."""
+        if not safe_serialization:
+            raise ValueError("save_pretrained(safe_serialization=False): PhotoChatModel saves only safetensors "
+                             "(pickled weights can run code when loaded)")
+        unknown = sorted(set(push_kwargs) - ({"private", "token", "commit_message", "run_dir"} if push_to_hub else set()))
+        if unknown:
+            raise TypeError(f"PhotoChatModel.save_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}")
+        if push_to_hub:
+            self.save_pretrained(path, components, max_shard_size)
+            return self.push_to_hub(repo_id or Path(path).name, **push_kwargs)
         os.makedirs(path, exist_ok=True)
         components = components or ("llm", "perceptron", "sd")
         shard = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
@@ -215,7 +255,16 @@ class PhotoChatModel(nn.Module):
         dtype = overrides.pop("torch_dtype", dtype)
         if isinstance(dtype, str):                   # "float16", or "auto": as stored
             dtype = None if dtype == "auto" else getattr(torch, dtype)
-        folder = resolve_model_path(path, revision=revision, token=token)
+        hub = {k: overrides.pop(k) for k in HUB_LOAD_KWARGS if k in overrides}
+        for name in ACCEPTED_LOAD_KWARGS:            # transformers habits that change nothing here
+            overrides.pop(name, None)
+        unknown = sorted(set(overrides) - {f.name for f in fields(PhotoChatConfig)})
+        if unknown:                                  # name the argument, never the file
+            raise TypeError(f"PhotoChatModel.from_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                            f"it takes dtype, device_map, revision, token, {', '.join(HUB_LOAD_KWARGS)} and "
+                            f"PhotoChatConfig's fields ({', '.join(f.name for f in fields(PhotoChatConfig))})")
+        device_map = _one_device(device_map)
+        folder = resolve_model_path(path, revision=revision, token=token, **hub)
         if is_training_checkpoint(folder):           # an import that reaches up a layer (listed in test_layers.py)
             from photochat_lib.training.checkpoints import load_training_checkpoint
             model = load_training_checkpoint(folder, **overrides)

@@ -110,7 +110,7 @@ def _load_checkpoint_weights(model, folder: Path) -> None:
 def _inference_ready(model) -> None:
     """Undo what only training wants (activation checkpointing, no KV cache, frozen flags), so the model is
     as `from_pretrained` returns one."""
-    for part in (model.llm, model.image_generator.text_encoder):   # transformers 5's names, else 4.x's
+    for part in (model.llm, model.image_generator.text_encoder):   # newer transformers 5's names, else 5.6's
         on = getattr(part, "is_activation_checkpointing", None)
         if on if on is not None else getattr(part, "is_gradient_checkpointing", False):
             (getattr(part, "activation_checkpointing_disable", None) or part.gradient_checkpointing_disable)()

@@ -59,7 +59,7 @@ def apply_recipe(model, recipe: TrainingRecipe, weight_dtype: torch.dtype = torc
 
 
 def _checkpoint_activations(model) -> None:
-    """Turn on activation (gradient) checkpointing: transformers 5's name, else 4.x's (5 warns on the old one)."""
+    """Turn on activation (gradient) checkpointing: newer transformers 5's name, else 5.6's (later ones warn on it)."""
     (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
 
 
