@@ -6,18 +6,19 @@
 
 The dialogue alternates two speakers' text turns (every 25th turn a photo), so a sample's context holds up to
 turns-1 turns of which the recipe's ``max_text_length`` (256 tokens on the toy preset) keeps only the last
-few. Measured on one quiet 2-core machine, one thread, 2026-12-03, the code before and after the fix in one
-session (before: each encode rendered and tokenized the whole context, then scanned every token for every
-turn it could drop; the dataset loaded every context photo though the collator keeps the newest 2):
+few. Measured on one quiet 2-core machine, one torch thread, 2026-12-03, the code before and after in one
+session (before: each encode rendered and tokenized the whole context, then scanned every token for every turn
+it could drop, and the dataset loaded every context photo though the collator keeps the newest 2; after: the
+newest turns only, found by galloping, all samples tokenized together in one batch per round):
 
     turns | cut report before | after  | batch of 8 before | after
-      250 |   1.9 s           | 0.24 s | 0.17 s            | 0.013 s
-      500 |  13.3 s           | 0.50 s | 0.60 s            | 0.012 s
-     1000 |  95.5 s           | 1.01 s | 2.25 s            | 0.012 s
-     5000 |  (not run)        | 6.47 s |                   | 0.016 s
+      250 |   1.9 s           | 0.09 s | 0.17 s            | 0.010 s
+      500 |  13.3 s           | 0.19 s | 0.60 s            | 0.009 s
+     1000 |  95.5 s           | 0.40 s | 2.25 s            | 0.009 s
+     5000 |  (not run)        | 2.07 s |                   | 0.011 s
 
-Linear now (about 1.0-1.3 s per 1,000 turns: the cut report encodes each of the dialogue's ~n samples once,
-in bounded time); issue 22's "5,000 turns in under a second" is not met, it holds up to about 750 turns.
+Linear now, about 0.4 s per 1,000 turns (each of the dialogue's ~n samples is tokenized about 3 times, in
+bounded length); issue 22's "5,000 turns in under a second" is not met: it holds up to about 2,400 turns.
 """
 from __future__ import annotations
 

@@ -271,8 +271,8 @@ def test_long_dialogues_keep_the_same_turns_in_bounded_work(toks, dialogue, monk
             ctx = ctx[1:]
         assert kept == ctx
     seen = []
-    real = col._encode
-    monkeypatch.setattr(col, "_encode", lambda text: (seen.append(len(text)), real(text))[1])
+    real = col._encode_batch
+    monkeypatch.setattr(col, "_encode_batch", lambda texts: (seen.extend(map(len, texts)), real(texts))[1])
     last = dialogue_samples(long(5000))[-1]
     col.encode(last)
     assert sum(seen) < 12 * max(seen[-1], 1) and max(seen) < 40 * col.max_length   # not ~5,000 turns of text

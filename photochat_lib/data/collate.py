@@ -136,11 +136,18 @@ class Collator:
 
     def _encode(self, text: str) -> tuple[list[int], list[int]]:
         """Return (ids, start offsets) of text with bos prepended (bos offset -1)."""
-        enc = self.llm(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, starts = list(enc["input_ids"]), [a for a, _ in enc["offset_mapping"]]
-        if self.llm.bos_token_id is not None:
-            ids, starts = [self.llm.bos_token_id] + ids, [-1] + starts
-        return ids, starts
+        return self._encode_batch([text])[0]
+
+    def _encode_batch(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        """Return `_encode` of every text, tokenized in one call (a fast tokenizer's Rust core: one pass)."""
+        bos = [] if self.llm.bos_token_id is None else [self.llm.bos_token_id]
+        backend = getattr(self.llm, "backend_tokenizer", None)   # a fast tokenizer: no per-text Python wrapping
+        if backend is not None:
+            return [(bos + e.ids, [-1] * len(bos) + [a for a, _ in e.offsets])
+                    for e in backend.encode_batch(texts, add_special_tokens=False)]
+        enc = self.llm(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [(bos + list(ids), [-1] * len(bos) + [a for a, _ in offsets])
+                for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"])]
 
     def _capped_context(self, sample: Sample, limit: int | None = None) -> list[Turn]:
         """Return the context without its oldest photo turns beyond ``max_context_images`` (pixels only:
@@ -157,29 +164,60 @@ class Collator:
                 break
         return kept[::-1]
 
+    def _fitted(self, samples: list[Sample]) -> list[tuple]:
+        """Return, per sample, (kept context, its `_render`, ids, starts): the newest context turns that fit
+        ``max_length`` with the response. All samples advance together, one batched tokenizer call per round.
+
+        Every context turn renders to >= 1 token, so turns older than the newest max_length never fit; the
+        newest k turns, k doubling from 8, show where the fitting ones end; then the fewest oldest turns are
+        dropped until it fits. So a sample costs about twice what it keeps, however long its dialogue (a
+        5,000-turn dialogue once took minutes here, re-rendering and re-scanning everything it would drop).
+        """
+        first = min(64, self.max_length)                     # walk 64 turns back; more only if they all fit
+        capped = [self._capped_context(s, limit=first) for s in samples]
+        k, seen = [8] * len(samples), {}                     # seen: a sample's last overflowing render
+        todo = [i for i, c in enumerate(capped) if len(c) > 8]
+        while todo:                                          # gallop while the newest k turns fit: to where the
+            rendered = [self._render(samples[i], capped[i][-k[i]:]) for i in todo]   # tokens per turn so far
+            left = []                                        # say the limit falls (+25 %), at least doubling
+            for i, r, enc in zip(todo, rendered, self._encode_batch([r[0] for r in rendered])):
+                if len(enc[0]) >= self.max_length:
+                    seen[i] = (r, enc)
+                    continue
+                k[i] = max(2 * k[i], int(1.25 * k[i] * self.max_length / len(enc[0])) + 1)
+                if k[i] >= len(capped[i]) == first < self.max_length:     # all 64 fit: walk further back
+                    capped[i] = self._capped_context(samples[i], limit=self.max_length)
+                if k[i] < len(capped[i]):
+                    left.append(i)
+            todo = left
+        drop = [max(0, len(c) - kk) for c, kk in zip(capped, k)]
+        out, todo = [None] * len(samples), list(range(len(samples)))
+        while todo:                                          # drop the fewest oldest turns that make it fit
+            fresh = [i for i in todo if i not in seen]
+            rendered = [self._render(samples[i], capped[i][drop[i]:]) for i in fresh]
+            got = dict(zip(fresh, zip(rendered, self._encode_batch([r[0] for r in rendered]))))
+            got.update((i, seen.pop(i)) for i in todo if i in seen)   # the gallop's last render, not redone
+            left = []
+            for i in todo:
+                r, (ids, starts) = got[i]
+                n = len(ids) + 1                             # + eos
+                if n <= self.max_length:
+                    out[i] = (capped[i][drop[i]:], r, ids, starts)
+                    continue
+                if drop[i] >= len(capped[i]):
+                    raise DataError("too_long", f"the response alone needs {n} tokens > max_length "
+                                    f"{self.max_length}", dialogue_id=samples[i].dialogue_id,
+                                    field=f"sample {samples[i].id}")
+                first_tok = [bisect.bisect_left(starts, c) for c in r[3][1:]]   # starts ascend: O(log n) each
+                drop[i] += next((j + 1 for j, ft in enumerate(first_tok) if ft - 1 >= n - self.max_length),
+                                len(capped[i]) - drop[i])
+                left.append(i)                               # re-checked on the next round
+            todo = left
+        return out
+
     def encode(self, sample: Sample) -> dict:
         """Return one sample's ids, labels, caption positions (local) and the kept context turns."""
-        # every context turn renders to >= 1 token, so turns older than the newest max_length never fit; and
-        # the newest k turns, k doubling, show where the fitting ones end: render only ~2x what is kept (a
-        # 5,000-turn dialogue once took minutes here, re-rendering and re-scanning all it would drop)
-        capped, k = self._capped_context(sample, limit=self.max_length), 8
-        while k < len(capped) and len(self._encode(self._render(sample, capped[-k:])[0])[0]) < self.max_length:
-            k *= 2
-        drop = max(0, len(capped) - k)
-        while True:
-            context = capped[drop:]
-            text, resp_start, spans, turn_starts = self._render(sample, context)
-            ids, starts = self._encode(text)
-            n = len(ids) + 1  # + eos
-            if n <= self.max_length:
-                break
-            if drop >= len(capped):
-                raise DataError("too_long", f"the response alone needs {n} tokens > max_length "
-                                f"{self.max_length}", dialogue_id=sample.dialogue_id, field=f"sample {sample.id}")
-            # drop the fewest oldest turns that can make it fit (re-checked on the next pass)
-            excess = n - self.max_length
-            first_tok = [bisect.bisect_left(starts, c) for c in turn_starts[1:]]   # starts ascend: O(log n) each
-            drop += next((k + 1 for k, ft in enumerate(first_tok) if ft - 1 >= excess), len(context))
+        context, (text, resp_start, spans, _), ids, starts = self._fitted([sample])[0]
         ids.append(self.llm.eos_token_id)
         starts.append(len(text))
         labels = [t if s >= resp_start else IGNORE_INDEX for t, s in zip(ids, starts)]
@@ -197,13 +235,17 @@ class Collator:
     def cut_report(self, samples: list[Sample]) -> Counter:
         """Return what the limits cut from `samples`: ``samples`` cut at all, context ``turns`` dropped for
         length, context ``photos`` dropped (over ``max_context_images`` or with a dropped turn)."""
-        cuts = Counter()
-        for s in samples:
-            kept = self.encode(s)["context"]
-            pixels = sum(1 for t in s.context if t.photo is not None) if self.context_photos == "perceptron" else 0
-            capped = len(s.context) - max(0, pixels - self.max_context_images if self.max_context_images is not None else 0)
+        cuts, last, pixels = Counter(), [], 0
+        fitted = (f for k in range(0, len(samples), 512) for f in self._fitted(samples[k:k + 512]))
+        for s, (kept, *_) in zip(samples, fitted):
+            # photos in the context; a dialogue's samples have growing prefixes as contexts: count only what is new
+            grows = len(s.context) >= len(last) and s.context[:len(last)] == last
+            pixels = (pixels if grows else 0) + sum(t.photo is not None for t in s.context[len(last) if grows else 0:])
+            last = s.context
+            pixels_seen = pixels if self.context_photos == "perceptron" else 0
+            capped = len(s.context) - max(0, pixels_seen - self.max_context_images if self.max_context_images is not None else 0)
             n_turns = capped - len(kept)
-            n_photos = pixels - sum(self.sees_pixels(t) for t in kept)
+            n_photos = pixels_seen - sum(self.sees_pixels(t) for t in kept)
             cuts["samples"] += bool(n_turns or n_photos)
             cuts["turns"] += n_turns
             cuts["photos"] += n_photos
