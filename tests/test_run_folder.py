@@ -214,3 +214,13 @@ def test_a_non_weights_pickle_in_a_checkpoint_is_one_line_and_never_runs(toy_dat
     with pytest.raises(ValueError, match=r"checkpoint-1/pytorch_model.bin: not a weights file torch loads safely"):
         PhotoChatModel.from_pretrained(run / "checkpoint-1")
     assert not marker.exists()
+
+
+def test_an_over_long_output_path_is_one_line(toy_data, tmp_path):
+    """Probe: an over-long path during a checkpoint or final save gave a SafetensorError traceback (exit 1)."""
+    run = tmp_path / ("r" * 300)                           # one name over the 255-byte limit
+    p = subprocess.run([sys.executable, "-m", "photochat_lib.apps.cli", "train", "--data", str(toy_data),
+                        "--output-dir", str(run), "--max-steps", "1", "--no-progress"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "File name too long" in lines[0], lines
