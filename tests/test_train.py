@@ -195,6 +195,8 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
     h0, h1 = ((run / f"weights.rank{r}.sha256").read_text() for r in (0, 1))
     assert h0 == h1
     assert (run / "checkpoint-2" / "random_states_1.pkl").exists()
+    # issue 21's probe: every [train] line printed once per process; only the main process speaks now
+    assert res.stdout.count("[train] done:") == 1 and res.stdout.count("[train] final model:") == 1, res.stdout[-3000:]
 
 
 def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_data, tmp_path, monkeypatch):

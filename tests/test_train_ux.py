@@ -4,6 +4,7 @@ back a run's saved config.json (or a YAML file) with flags overriding it."""
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,38 @@ def test_notebook_06_real_branch_is_the_readme_runbooks_command(tmp_path):
         same = lambda c: {k: v for k, v in vars(c).items()                                   # noqa: E731
                           if k not in ("data", "output_dir", "resume_from_checkpoint", "mode", "seed")}
         assert same(cfg) == same(ref), (argv, line)
+
+
+def test_the_flags_diffusers_users_type(monkeypatch, toy, tmp_path):
+    """Issue 21's probes: diffusers' script flags were "unrecognized arguments"; `accelerate launch
+    --mixed_precision bf16` was silently ignored; there was no --push-to-hub, --hub-model-id or
+    --gradient-checkpointing."""
+    from huggingface_hub import HfApi, RepoUrl
+    from photochat_lib.apps.cli import build_parser
+    from photochat_lib.recipe import get_recipe
+    from photochat_lib.training.train import TrainConfig, mixed_precision_for, resolve
+    from photochat_lib.utils.cliutil import dataclass_from_args
+    args = build_parser().parse_args(["train", "--learning_rate", "3e-4", "--train_batch_size", "2",
+                                      "--gradient_accumulation_steps", "4", "--max_train_steps", "7",
+                                      "--num_train_epochs", "2", "--lr_scheduler", "cosine", "--lr_warmup_steps", "5",
+                                      "--gradient_checkpointing", "--output_dir", str(tmp_path / "x")])
+    cfg = dataclass_from_args(TrainConfig, args)
+    assert (cfg.lr, cfg.micro_batch_size, cfg.grad_accum_steps, cfg.max_steps, cfg.max_epochs, cfg.lr_decay,
+            cfg.warmup_steps, cfg.gradient_checkpointing) == (3e-4, 2, 4, 7, 2, "cosine", 5, True)
+    paper = resolve(TrainConfig(preset="paper", gradient_checkpointing=False))
+    assert not paper.llm_gradient_checkpointing and not paper.unet_gradient_checkpointing
+    assert resolve(TrainConfig(preset="paper")).llm_gradient_checkpointing       # the recipe's default
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")                       # what accelerate launch sets
+    assert mixed_precision_for(TrainConfig(), get_recipe("toy")) == "bf16"
+    assert mixed_precision_for(TrainConfig(mixed_precision="no"), get_recipe("toy")) == "no"   # the flag wins
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    with pytest.raises(ValueError, match="--hub-model-id names where --push-to-hub uploads"):
+        TrainConfig(hub_model_id="me/x")
+    calls = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, **kw: calls.update(
+        repo_id=repo_id, card=(Path(folder_path) / "README.md").read_text()) or "commit")
+    rc, out, err = run("train", "--data", toy, "--output-dir", tmp_path / "run", "--max-steps", "1", *SMALL,
+                       "--push-to-hub", "--hub-model-id", "me/photochat-toy")
+    assert rc == 0, err
+    assert calls["repo_id"] == "me/photochat-toy" and "pushed" in out and "max_steps" in calls["card"]

@@ -96,6 +96,11 @@ class TrainConfig:
     validation_steps: int = 100              # with report_to: every N optimizer steps, reply to a few dev
                                              # contexts and log the photos drawn
     validation_samples: int = 4              # dev photo-sharing contexts per validation
+    gradient_checkpointing: bool | None = None  # recompute activations in backward (LLM layers, UNet blocks):
+                                             # less memory, more compute (default: the recipe's)
+    push_to_hub: bool = False                # after training, upload final/ to the Hub with its model card
+    hub_model_id: str | None = None          # with push_to_hub: the repo ("name" or "owner/name"; default:
+                                             # output_dir's folder name)
     progress: bool = True                    # tqdm progress bar on the main process
     log_ranks: bool = False                  # each process logs its batch ids and final weight hash (scale-out checks)
     extra: dict = field(default_factory=dict)  # free-form notes written to config.json
@@ -118,6 +123,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.hub_model_id and not self.push_to_hub:
+            raise ValueError("--hub-model-id names where --push-to-hub uploads; add --push-to-hub")
         sources = [f"--{k}" for k in ("llm", "perceptron", "sd") if getattr(self, k)]
         if sources and (self.preset == "toy" or self.init or self.random_init):
             raise ValueError(f"{', '.join(sources)} replace the colab/paper preset's pretrained models; they do not "
@@ -164,17 +171,24 @@ def resolve(cfg: TrainConfig):
                                           "max_epochs", "early_stopping_patience", "photo_repeats", "remark_repeats", "lr_decay",
                                           "mixed_precision")
             if getattr(cfg, k) is not None}
+    if cfg.gradient_checkpointing is not None:     # --gradient-checkpointing / --no-gradient-checkpointing
+        over.update(llm_gradient_checkpointing=cfg.gradient_checkpointing,
+                    unet_gradient_checkpointing=cfg.gradient_checkpointing)
     return replace(recipe, **over)
 
 
 def mixed_precision_for(cfg: TrainConfig, recipe) -> str:
-    """Return the autocast precision: --mixed-precision, else the recipe's on a GPU and "no" on a CPU (the
-    recipes are written for GPUs; bf16 autocast also runs on a CPU when asked for, fp16 does not)."""
-    if cfg.mixed_precision is None:
+    """Return the autocast precision: --mixed-precision, else accelerate's own setting (`accelerate launch
+    --mixed_precision bf16` or its config file, which reach us as ACCELERATE_MIXED_PRECISION), else the recipe's
+    on a GPU and "no" on a CPU (the recipes are written for GPUs; bf16 autocast also runs on a CPU, fp16 does not)."""
+    asked = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or None
+    if asked is None:
         return recipe.mixed_precision if torch.cuda.is_available() else "no"
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+    if asked not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed precision {asked!r} (from accelerate's configuration): photochat trains in no, fp16 or bf16")
+    if asked == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed-precision fp16 needs a CUDA GPU (a CPU can run bf16 or no)")
-    return cfg.mixed_precision
+    return asked
 
 
 def _allow_new_precision(precision: str) -> None:
@@ -522,6 +536,12 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# diffusers' training scripts (train_text_to_image.py …) name these flags so; `train` takes them as aliases
+DIFFUSERS_FLAGS = {"--gradient_accumulation_steps": "grad_accum_steps", "--train_batch_size": "micro_batch_size",
+                   "--learning_rate": "lr", "--max_train_steps": "max_steps", "--num_train_epochs": "max_epochs",
+                   "--lr_scheduler": "lr_decay", "--lr_warmup_steps": "warmup_steps"}
+
+
 def register(subparsers) -> None:
     """Add `photochat train`."""
     import argparse
@@ -531,6 +551,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="jointly train the model (end2end) or the pipeline baseline",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(p, TrainConfig)
+    for alias, dest in DIFFUSERS_FLAGS.items():        # diffusers' script names, hidden: they work as typed
+        target = next(a for a in p._actions if a.dest == dest)
+        p.add_argument(alias, dest=dest, type=target.type, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.config_fields = dataclasses.fields(TrainConfig)   # what a --config file may set (extra included)
     p.add_argument("--config", default=None, metavar="FILE",
                    help="a YAML or JSON file of these settings (a run's config.json works as it is); flags given "
@@ -559,22 +582,29 @@ def _cli(args) -> int:
 
 
 def _run(cfg: TrainConfig, args, out: Path) -> int:
+    main = os.environ.get("RANK", "0") == "0"          # under `accelerate launch` only the main process speaks
+    say = print if main else (lambda *a, **k: None)
     if not cfg.resume_from_checkpoint and (run_checkpoints(out) or (out / "losses.jsonl").exists()):
         if not args.overwrite:
             raise ValueError(f"{out} already holds a run; use --resume-from-checkpoint latest or --overwrite")
         removed = clear_run(out)
-        print(f"[train] --overwrite: removed {len(removed)} entries of the earlier run in {out}")
+        say(f"[train] --overwrite: removed {len(removed)} entries of the earlier run in {out}")
     trainer = Trainer(cfg)                             # refuses a changed resume (check_resume) before any work
-    print(trainer.summary())
+    say(trainer.summary())
     try:
         state = trainer.train()
     except NonFiniteError as e:
-        print(f"[train] stopped: {e}")
+        say(f"[train] stopped: {e}")
         return 3
     stopped = state["stopped"] or "max_epochs"
     if stopped == "interrupted":
-        print(f"[train] interrupted at step {state['global_step']}; resume with --resume-from-checkpoint latest")
+        say(f"[train] interrupted at step {state['global_step']}; resume with --resume-from-checkpoint latest")
         return 130
-    print(f"[train] done: {state['global_step']} steps, stopped: {stopped}")
-    print(f"[train] final model: {out / 'final'}  (photochat chat --model {shlex.quote(str(out / 'final'))})")
+    say(f"[train] done: {state['global_step']} steps, stopped: {stopped}")
+    say(f"[train] final model: {out / 'final'}  (photochat chat --model {shlex.quote(str(out / 'final'))})")
+    if cfg.push_to_hub and main:                       # as diffusers' scripts: the final model, with its card
+        from photochat_lib.model.photochat_model import PhotoChatModel
+        repo = cfg.hub_model_id or out.resolve().name
+        PhotoChatModel.from_pretrained(out / "final").push_to_hub(repo, run_dir=out)
+        say(f"[train] pushed {out / 'final'} to the Hub as {repo} (with its model card)")
     return 0
