@@ -199,6 +199,17 @@ def test_two_gloo_processes_see_different_data_and_end_identical(toy_data, tmp_p
     assert res.stdout.count("[train] done:") == 1 and res.stdout.count("[train] final model:") == 1, res.stdout[-3000:]
 
 
+def test_a_launch_that_got_fewer_processes_than_it_asked_for_says_so(toy_data, tmp_path):
+    """Issue 21's probe: `accelerate launch --num_processes 2 --cpu` ran one process with no warning."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "photochat_lib.apps.cli", "train", "--data",
+           str(toy_data), "--output-dir", str(tmp_path / "one"), "--max-steps", "1", *COMMON]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("this run is one process") == 1 and "--multi_cpu" in res.stdout, res.stdout[-3000:]
+
+
 def test_early_stopping_after_patience_epochs_without_better_bleu2_or_fid(toy_data, tmp_path, monkeypatch):
     """Dev BLEU-2 / FID improve for two epochs, then stall: training stops `patience` epochs later."""
     import photochat_lib.evaluation.evaluate as E

@@ -295,6 +295,9 @@ class Trainer(RunFolder, DevEvaluation):
                                project_config=ProjectConfiguration(project_dir=cfg.output_dir,
                                                                    logging_dir=str(Path(cfg.output_dir) / "logs")),
                                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        if self.acc.num_processes == 1 and os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ:
+            self.acc.print("[train] warning: accelerate launch was asked for several processes, but this run is one "
+                           "process (its simple launcher started one): add --multi_cpu on a CPU or --multi_gpu on GPUs")
         torch.manual_seed(cfg.seed)
         model = build_training_model(cfg, self.recipe, self.acc.device)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
