@@ -136,7 +136,7 @@ def test_model_card_of_the_paper_preset_names_its_base_models_recipe_and_metrics
     assert card.data.license == "apache-2.0" and "preset-paper" in card.data.tags
     text = card.text
     assert 'PhotoChatModel.from_pretrained("you/photochat-paper")' in text
-    assert "| preset / mode | paper / end2end |" in text and "| data | data/photochat |" in text
+    assert "| preset / mode | paper / end2end |" in text and "| data | photochat |" in text
     assert "llm: lora" in text and "unet: lora" in text and "vision: freeze" in text
     assert "5e-05" in text and "| mixed precision | fp16 |" in text and "4200" in text
     assert "| BLEU-2 | 12.35 |" in text and "| FID | 70.00 |" in text and "| n_samples | 120 |" in text
@@ -305,3 +305,19 @@ def test_the_loading_and_saving_arguments_hugging_face_users_type(toy_model, tmp
     toy_model.save_pretrained(tmp_path / "photochat-mine", push_to_hub=True, private=True)
     assert calls["upload_folder"]["repo_id"] == "you/photochat-mine" and calls["create_repo"]["private"] is True
     assert (tmp_path / "photochat-mine" / "photochat.json").exists()
+
+
+def test_the_shipped_models_carry_their_cards_with_hub_metadata():
+    """Issue 21's probes: the card had no pipeline_tag, language or model-index metrics, showed a local data path,
+    and the shipped end-to-end model had no README card (the foundation keeps PRETRAIN.md: it was never trained as
+    one model). The shipped card is what `model_card` writes now."""
+    from huggingface_hub import ModelCard
+    from photochat_lib.apps.pretrain import card_source
+    from photochat_lib.model.hub import model_card
+    assert (TOY_END2END / "README.md").read_text() == model_card(TOY_END2END, repo_id=card_source(TOY_END2END)), \
+        "regenerate with photochat_lib.apps.pretrain.write_card"
+    card = ModelCard((TOY_END2END / "README.md").read_text())
+    assert card.data.pipeline_tag == "image-text-to-text" and card.data.language == ["en"]
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    shipped = json.loads((TOY_END2END / "metrics.json").read_text())
+    assert metrics["share F1"] == round(shipped["share F1"], 4) and metrics["grounded_remarks"] == shipped["grounded_remarks"]

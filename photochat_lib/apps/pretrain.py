@@ -23,7 +23,7 @@ from photochat_lib.toy.foundation import (IMAGE_SIZE, SHIPPED_SHARD, TOY_CHECKPO
                                           load_shipped_llm, save_shipped, toy_blip2_config)
 from photochat_lib.toy.pretrain_llm import LLMPretrainConfig, example_stream, lm_batch, lm_loss, pretrain_llm
 from photochat_lib.toy.pretrain_perceptron import PerceptronPretrainConfig, pretrain_perceptron
-from photochat_lib.utils.atomic import replace_dir, write_json
+from photochat_lib.utils.atomic import replace_dir, write_json, write_text
 from photochat_lib.utils.cliutil import at_least
 
 DEFAULT_OUT = TOY_CHECKPOINT                                    # where the shipped toy checkpoints live
@@ -98,7 +98,7 @@ def pretrain_toy(out_dir: str | os.PathLike = DEFAULT_OUT, seed: int = 0, only: 
                     lambda d: results.__setitem__("classifier", train_toy_classifier(d, seed, threads=threads,
                                                                                      **kwargs)[1]))
         _report("classifier", results["classifier"])
-    write_photochat_json(out)
+    write_photochat_json(out)                    # no model card: the foundation is documented by PRETRAIN.md
     if "end2end" in stages:                      # last: it trains the foundation written above
         results["end2end"] = train_end2end(TOY_END2END if out == DEFAULT_OUT else out.with_name(out.name + "-end2end"),
                                            out, seed, progress=progress)
@@ -145,13 +145,28 @@ def train_end2end(final: Path, foundation: Path, seed: int = 0, steps: int | Non
         model = PhotoChatModel.from_pretrained(_saved(model, Path(tmp) / "fp16"))   # what users will load
         metrics = evaluate_model(model, data, "test", max_samples=120, seed=0)["metrics"]
         replace_dir(final, lambda d: (model.half().save_pretrained(d, max_shard_size=SHIPPED_SHARD),
-                                      write_json(d / "metrics.json", {"seed": seed, "steps": steps, **metrics})))
+                                      write_json(d / "metrics.json", {"seed": seed, "steps": steps, **metrics}),
+                                      write_card(d)))
     return metrics
 
 
 def _saved(model, path: Path) -> Path:
     model.save_pretrained(path, max_shard_size=SHIPPED_SHARD)
     return path
+
+
+def write_card(folder: Path) -> None:
+    """Write folder/README.md: the model card `push_to_hub` would upload (hub.model_card), shipped with the folder;
+    a shipped folder's card loads it by its path in the repository."""
+    from photochat_lib.model.hub import model_card
+    write_text(folder / "README.md", model_card(folder, repo_id=card_source(folder)))
+
+
+def card_source(folder: Path) -> str:
+    """Return how a card tells users to load `folder`: photochat_lib/toy/checkpoints/NAME for a shipped one."""
+    shipped = Path(TOY_CHECKPOINT).resolve().parent
+    folder = Path(folder).resolve()
+    return f"photochat_lib/toy/checkpoints/{folder.name}" if folder.parent == shipped else str(folder)
 
 
 def write_photochat_json(out: Path) -> None:

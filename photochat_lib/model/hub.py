@@ -115,6 +115,9 @@ def is_training_checkpoint(folder: str | os.PathLike) -> bool:
 LICENSE = "apache-2.0"
 LIBRARY_NAME = "photochat_lib"
 TOY_PARTS = ["a toy Llama", "a toy BLIP-2", "a toy Stable Diffusion"]   # the toy preset's architectures
+PIPELINE_TAG = "image-text-to-text"   # the Hub task closest to a dialogue model that sees photos (it also draws them)
+CARD_METRICS = ("share F1", "caption_exact", "attr_acc", "grounded_remarks", "BLEU-1", "BLEU-2", "Rouge-L", "FID",
+                "IS_mean")          # what the card's model-index reports from metrics.json
 CARD_TAGS = ["photochat", "photo-sharing-dialogue", "multimodal", "text-to-image", "image-to-text",
              "stable-diffusion", "blip-2"]
 
@@ -149,18 +152,30 @@ def read_metrics(folder: str | os.PathLike, run_dir: str | os.PathLike | None = 
 def model_card(folder: str | os.PathLike, repo_id: str | None = None, run_dir: str | os.PathLike | None = None) -> str:
     """Return a README.md model card for a saved PhotoChatModel folder.
 
-    YAML front matter (license, library_name, tags, base_model), then what the model is, how to load it
+    YAML front matter (license, library_name, tags, base_model, pipeline_tag, language, datasets for the real
+    presets, and a model-index of the metrics), then what the model is, how to load it
     (from `repo_id`, else the folder), the training recipe (run_dir/config.json, when given) and the
     metrics (`read_metrics`), and the license.
     """
-    from huggingface_hub import ModelCardData
+    from huggingface_hub import EvalResult, ModelCardData
     folder = Path(folder)
     config = json.loads((folder / "photochat.json").read_text())
     bases = base_models(config)
-    tags = CARD_TAGS + [config.get("mode", "end2end"), f"preset-{config.get('preset', 'toy')}"]
-    data = ModelCardData(license=LICENSE, library_name=LIBRARY_NAME, tags=tags, base_model=bases or None)
+    preset = config.get("preset", "toy")
+    tags = CARD_TAGS + [config.get("mode", "end2end"), f"preset-{preset}"]
+    found = read_metrics(folder, run_dir)
+    dataset = ("toy world (photochat data toy)", "photochat-toy") if preset == "toy" else ("PhotoChat", "photochat")
+    results = [EvalResult(task_type=PIPELINE_TAG, dataset_type=dataset[1], dataset_name=dataset[0],
+                          dataset_split="test", metric_type=name, metric_name=name, metric_value=round(value, 4))
+               for name, value in (found[1] if found else {}).items()
+               if name in CARD_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    data = ModelCardData(license=LICENSE, library_name=LIBRARY_NAME, tags=tags, base_model=bases or None,
+                         pipeline_tag=PIPELINE_TAG, language=["en"],
+                         datasets=None if preset == "toy" else ["photochat", "dialogcc"],
+                         model_name=f"photochat-{config.get('mode', 'end2end')}-{preset}",
+                         eval_results=results or None)
     sections = [_card_intro(config, bases), _card_usage(repo_id or str(folder)),
-                _card_training(run_dir), _card_metrics(read_metrics(folder, run_dir)), _card_license(bases)]
+                _card_training(run_dir), _card_metrics(found), _card_license(bases)]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
 
 
@@ -202,7 +217,8 @@ def _card_training(run_dir: str | os.PathLike | None) -> str:
     state_file = Path(run_dir) / "trainer_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     get = {**t, **r}.get                          # the recipe holds the values the run resolved
-    rows = [("preset / mode", f"{t.get('preset')} / {t.get('mode')}"), ("data", t.get("data")),
+    rows = [("preset / mode", f"{t.get('preset')} / {t.get('mode')}"),
+            ("data", Path(str(t.get("data"))).name),   # the folder's name: a local path means nothing on the Hub
             ("seed", t.get("seed")),
             ("batch", f"{get('micro_batch_size')} per step × {get('grad_accum_steps')} accumulated (per process)"),
             ("learning rate", f"{get('lr')} (image side {get('sd_lr') or get('lr')}), {get('warmup_steps')} warm-up "
