@@ -321,3 +321,13 @@ def test_the_shipped_models_carry_their_cards_with_hub_metadata():
     metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
     shipped = json.loads((TOY_END2END / "metrics.json").read_text())
     assert metrics["share F1"] == round(shipped["share F1"], 4) and metrics["grounded_remarks"] == shipped["grounded_remarks"]
+
+
+def test_only_the_image_generator_loads_in_one_line():
+    """Issue 21's probe: a Hub repo had no one-line way to load just the image generator (`subfolder="sd"`; a Hub
+    id asks each part for sd/<part>, which transformers and diffusers take as a nested subfolder)."""
+    from photochat_lib.model.image_generator import ImageGenerator
+    local = ImageGenerator.from_pretrained(TOY_END2END, subfolder="sd")
+    whole = ImageGenerator.from_pretrained(TOY_END2END / "sd")
+    assert local.unet.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(local.unet.state_dict().values(), whole.unet.state_dict().values()))

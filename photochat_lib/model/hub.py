@@ -197,7 +197,8 @@ def _card_intro(config: dict, bases: list[str]) -> str:
             f"| image perceptron (ViT + Q-Former) | `perceptron/` | {perceptron} |\n"
             f"| image generator | `sd/` | {sd} |\n\n"
             "`sd/` is also a diffusers Stable Diffusion pipeline of its own (`StableDiffusionPipeline.from_pretrained` "
-            "on that folder).")
+            "on that folder); `ImageGenerator.from_pretrained(repo, subfolder=\"sd\")` (`photochat_lib.model.image_generator`) "
+            "loads only the image generator.")
 
 
 def _card_usage(source: str) -> str:

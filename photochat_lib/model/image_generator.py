@@ -176,18 +176,23 @@ class ImageGenerator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, token: str | None = None,
-                        dtype: torch.dtype | None = None) -> "ImageGenerator":
-        """Load from a hub id (stabilityai/stable-diffusion-2-1-base) or a local SD-layout folder.
+                        dtype: torch.dtype | None = None, subfolder: str | None = None) -> "ImageGenerator":
+        """Load from a hub id (stabilityai/stable-diffusion-2-1-base) or a local SD-layout folder; subfolder:
+        where the SD layout sits inside it, e.g. ``ImageGenerator.from_pretrained(photochat_repo, subfolder="sd")``
+        loads only the image generator of a PhotoChatModel on the Hub.
 
         dtype: of every component; None loads them all in float32, as diffusers does (transformers 5 alone would
         keep the text encoder in its stored dtype, e.g. the float16 of the shipped toy SD)."""
         kw = {"token": token}
         tdtype = {"dtype": dtype if dtype is not None else torch.float32}
         ddtype = {"torch_dtype": dtype} if dtype is not None else {}
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw, **tdtype)
-        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw, **ddtype)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw, **ddtype)
+        if subfolder and os.path.isdir(os.path.join(source, subfolder)):
+            source, subfolder = os.path.join(source, subfolder), None
+        sub = (lambda part: f"{subfolder}/{part}") if subfolder else (lambda part: part)   # noqa: E731
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder=sub("text_encoder"), **kw, **tdtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder=sub("tokenizer"), **kw)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder=sub("unet"), **kw, **ddtype)
+        vae = AutoencoderKL.from_pretrained(source, subfolder=sub("vae"), **kw, **ddtype)
         # Training always uses the DDPM forward process; sampling builds DDIM from the same config.
-        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder=sub("scheduler"), **kw)
         return cls(text_encoder, tokenizer, unet, vae, scheduler)
