@@ -23,7 +23,7 @@ endif
 
 NBVAL := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: install demo test test-fast test-min bench notebooks course-links book book-test clean-venv
+.PHONY: install demo test test-fast test-min dist bench notebooks course-links book book-test clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -62,6 +62,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/chat_latency.py
 	$(PY) benchmarks/toy_sd_accuracy.py
+
+# the wheel (dist/photochat_lib-VERSION-py3-none-any.whl: the package, its configs, the shipped toy checkpoints,
+# the wording set and py.typed); tests/test_repo.py builds one the same way and runs it from outside the repo
+dist: $(STAMP)
+	rm -rf dist && $(PIP) wheel --quiet --no-deps --wheel-dir dist .
 
 # re-execute every notebook in place (an author updates the course's stored outputs in one step)
 notebooks: $(STAMP)

@@ -1,4 +1,5 @@
 """The repository's contracts: one dependency list in two files, the CLI, the scale-out configs."""
+import os
 import re
 import subprocess
 import sys
@@ -85,3 +86,32 @@ def test_release_hygiene_version_urls_changelog_and_types():
     assert (ROOT / "photochat_lib" / "py.typed").exists() and "py.typed" in project["tool"]["setuptools"]["package-data"]["photochat_lib"]
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## {photochat_lib.__version__}" in changelog
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_everything_a_user_runs(tmp_path):
+    """Issue 21 (release hygiene): the wheel `make dist` builds, installed on its own into a folder outside the
+    repository (its dependencies from this environment), loads the shipped toy model, reads the wording set,
+    answers `photochat --version` and carries py.typed; nothing of tests/ or notebooks/ goes in."""
+    import zipfile
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(ROOT)],
+                   check=True, timeout=600, capture_output=True)
+    wheel = next(dist.glob("photochat_lib-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "photochat_lib/py.typed" in names and "photochat_lib/toy/checkpoints/toy-end2end/README.md" in names
+    assert not [n for n in names if n.startswith(("tests/", "notebooks/", "book/", "benchmarks/"))]
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, timeout=600, capture_output=True)
+    code = ("import photochat_lib, sys; assert photochat_lib.__file__.startswith(sys.argv[1]), photochat_lib.__file__\n"
+            "from photochat_lib.presets import load_toy_model\n"
+            "from photochat_lib.data.wording import read_source\n"
+            "m = load_toy_model(which='end2end'); print('loaded', m.config.mode, len(read_source('test')))")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "loaded end2end" in out.stdout, out.stderr[-2000:]
+    version = subprocess.run([sys.executable, "-m", "photochat_lib.apps.cli", "--version"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert version.stdout.strip().startswith("photochat 0."), version.stderr
