@@ -224,3 +224,19 @@ def test_an_over_long_output_path_is_one_line(toy_data, tmp_path):
                        capture_output=True, text=True, timeout=300)
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "File name too long" in lines[0], lines
+
+
+def test_an_evaluation_replaces_the_photos_of_the_one_before(toy_data, tmp_path):
+    """Probe: two `evaluate` runs into one --out kept the last writer's metrics plus the other run's leftover
+    images; now images/ holds exactly the photos predictions.jsonl points at."""
+    from photochat_lib.evaluation.evaluate import evaluate_model
+    from photochat_lib.presets import load_toy_model
+    model, out = load_toy_model(which="end2end"), tmp_path / "ev"
+    evaluate_model(model, toy_data, "test", max_samples=8, seed=0, out_dir=out, num_inference_steps=2)
+    first = {p.name for p in (out / "images").iterdir()}
+    evaluate_model(model, toy_data, "test", max_samples=8, seed=1, out_dir=out, num_inference_steps=2)
+    records = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines()]
+    pointed = {Path(p).name for r in records for p in r["prediction_images"]}
+    assert {p.name for p in (out / "images").iterdir()} == pointed and first and pointed
+    assert all(Path(p).parent == out / "images" for r in records for p in r["prediction_images"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".images")]

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from photochat_lib.evaluation.grounding import grounded_remarks, is_remark, read_labels
-from photochat_lib.utils.atomic import safe_name, write_json, write_jsonl
+from photochat_lib.utils.atomic import replace_dir, safe_name, write_json, write_jsonl
 from photochat_lib.utils.folder_lock import hold_folder
 from photochat_lib.utils.cliutil import at_least, non_negative, progress_bar
 from photochat_lib.model.sampling import GUIDANCE_SCALE, SAMPLER_STEPS
@@ -178,12 +178,19 @@ def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "
     samples = select_samples(make_samples(dialogues), max_samples, seed)
     if accelerator is not None and not accelerator.is_main_process:
         return {"metrics": {}, "records": []}
-    image_dir = None
-    if out_dir is not None:
-        image_dir = Path(out_dir) / "images"
-        image_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
-    records, images = predict(model, samples, seed=seed, image_dir=image_dir, progress=progress, **gen_kwargs)
+    drawn = {}
+
+    def draw(image_dir: Path | None) -> None:
+        drawn["records"], drawn["images"] = predict(model, samples, seed=seed, image_dir=image_dir, progress=progress,
+                                                    **gen_kwargs)
+    if out_dir is None:
+        draw(None)
+    else:            # images/ holds this evaluation's photos only: drawn into a temp folder, swapped in whole
+        final = replace_dir(Path(out_dir) / "images", draw)
+        for r in drawn["records"]:
+            r["prediction_images"] = [str(final / Path(p).name) for p in r["prediction_images"]]
+    records, images = drawn["records"], drawn["images"]
     remarks = remark_records(model, dialogues, records, read_labels(data), seed, **gen_kwargs)
     model.train(was_training)
     metrics = score(records, images, preset)
