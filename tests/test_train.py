@@ -473,3 +473,43 @@ def test_resume_compares_what_the_data_is_not_how_it_was_spelled(toy_data, tmp_p
     monkeypatch.chdir(tmp_path / "b")
     with pytest.raises(ValueError, match=r"data .*a/d -> .*b/d \(its train split differs\)"):
         check_resume(TrainConfig(data="d", **again))
+
+
+def test_the_studys_arms_differ_only_in_the_gradient_path():
+    """Issue 20, item 2: end to end clipped all parameters together and the pipeline each side on its own, so the
+    study's arms differed in more than whether L_v's gradient reaches the LLM. Now every arm clips per side
+    (--clip per_side); the resolved settings of the two arms differ in `mode` alone."""
+    import importlib.util
+    from dataclasses import asdict
+    from photochat_lib.training.train import clip_sides, resolve
+    spec = importlib.util.spec_from_file_location("study", ROOT / "benchmarks" / "when_end2end_helps.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    args = study.parse_args(["--quick"])
+    e2e, pipe = (study.arm_config(args, Path("runs/x"), 0, 20, mode=m, pipeline_context="perceptron")
+                 for m in ("end2end", "pipeline"))
+    a, b = asdict(e2e), asdict(pipe)
+    assert {k for k in a if a[k] != b[k]} == {"mode"}
+    assert resolve(e2e).to_dict() == resolve(pipe).to_dict()
+    assert clip_sides(e2e) == clip_sides(pipe) == ("dialogue", "image")
+    assert clip_sides(TrainConfig()) == ("joint",) and clip_sides(TrainConfig(mode="pipeline")) == ("dialogue", "image")
+    with pytest.raises(ValueError, match="--clip must be one of joint, per_side"):
+        TrainConfig(clip="both")
+
+
+def test_clip_per_side_end_to_end_clips_each_side_to_the_limit(toy_data, tmp_path):
+    """--clip per_side in end2end: after a step's clipping neither side's gradient norm exceeds max_grad_norm,
+    while each side keeps its own direction (the joint clip would scale both by one factor)."""
+    trainer = Trainer(small_cfg(toy_data, tmp_path / "r", max_steps=1, clip="per_side", max_grad_norm=0.01))
+    assert trainer.clip_sides == ("dialogue", "image") and trainer.sides == ("joint",)
+    seen = {}
+    real = trainer._clip_gradients
+
+    def spy():
+        out = real()
+        seen.update({side: float(torch.norm(torch.stack([p.grad.norm() for p in trainer.side_params[side]
+                                                          if p.grad is not None]))) for side in trainer.clip_sides})
+        return out
+    trainer._clip_gradients = spy
+    trainer.train()
+    assert set(seen) == {"dialogue", "image"} and all(0 < v <= 0.01 * 1.0001 for v in seen.values()), seen

@@ -61,7 +61,7 @@ def clean_leftovers(out: Path) -> list[str]:
 RUN_DEFINING = ("data", "preset", "mode", "init", "llm", "perceptron", "sd", "random_init", "smoke", "seed", "micro_batch_size",
                 "grad_accum_steps", "lr", "sd_lr", "weight_decay", "warmup_steps", "alpha", "tau_start", "tau_end",
                 "tau_anneal_epochs", "sd_caption_source", "pipeline_context", "dvtm_impl", "photo_only", "lr_decay",
-                "lr_schedule_steps", "photo_repeats", "remark_repeats", "caption_supervision", "max_train_samples", "max_grad_norm")
+                "lr_schedule_steps", "photo_repeats", "remark_repeats", "caption_supervision", "max_train_samples", "max_grad_norm", "clip")
 
 
 def data_identity(data: str | os.PathLike) -> dict:

@@ -83,6 +83,9 @@ class TrainConfig:
                                              # only through L_v (benchmarks/when_end2end_helps.py; paper: 1)
     max_train_samples: int | None = None     # cap the training set (a seeded random subset)
     max_grad_norm: float = 1.0               # gradient clipping
+    clip: str | None = None                  # joint (one norm over every parameter) | per_side (the dialogue side
+                                             # and the image side each to max_grad_norm); default: joint end to
+                                             # end, per_side for the pipeline (§3.1.4 trains them separately)
     checkpointing_steps: int = 100           # save a checkpoint every N optimizer steps
     checkpoints_total_limit: int = 3         # keep the last N checkpoints
     resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest"
@@ -134,7 +137,7 @@ class TrainConfig:
         choices = {"mode": ("end2end", "pipeline"), "sd_caption_source": ("gold", "sampled"),
                    "pipeline_context": ("caption", "perceptron"), "dvtm_impl": ("dense", "sparse", "batched"),
                    "lr_decay": ("constant", "cosine", None), "mixed_precision": ("no", "fp16", "bf16", None),
-                   "report_to": ("tensorboard", "wandb", "all", None)}
+                   "report_to": ("tensorboard", "wandb", "all", None), "clip": ("joint", "per_side", None)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 shown = ", ".join(a for a in allowed if a)
@@ -175,6 +178,12 @@ def resolve(cfg: TrainConfig):
         over.update(llm_gradient_checkpointing=cfg.gradient_checkpointing,
                     unet_gradient_checkpointing=cfg.gradient_checkpointing)
     return replace(recipe, **over)
+
+
+def clip_sides(cfg: TrainConfig) -> tuple[str, ...]:
+    """Return the groups whose gradient norms are clipped each on its own: ("joint",) or ("dialogue", "image")."""
+    rule = cfg.clip or ("per_side" if cfg.mode == "pipeline" else "joint")
+    return ("dialogue", "image") if rule == "per_side" else ("joint",)
 
 
 def mixed_precision_for(cfg: TrainConfig, recipe) -> str:
@@ -320,9 +329,13 @@ class Trainer(RunFolder, DevEvaluation):
         # is the same as two optimizers (and keeps fp16 loss scaling to one scaler step per update).
         groups = param_groups(model, self.recipe.weight_decay, self.recipe.lr, self.recipe.sd_lr)
         self.sides = ("dialogue", "image") if cfg.mode == "pipeline" else ("joint",)
+        # gradient clipping is its own choice (--clip), so the study's two arms can clip alike and differ only in
+        # whether L_v's gradient reaches the LLM (early on the LLM's norm is ~25 and SD's ~0.5: a joint clip
+        # scales SD's steps by ~1/25 where the pipeline's per-side clip does not)
+        self.clip_sides = clip_sides(cfg)
         self.side_params = {side: [p for g in groups if side in ("joint", g["side"]) for p in g["params"]]
-                            for side in self.sides}
-        if len(self.sides) > 1 and self.acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
+                            for side in self.clip_sides}
+        if len(self.clip_sides) > 1 and self.acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
             raise ValueError("the pipeline clips its two sides separately, which needs plain DDP (or one "
                              "process); FSDP and DeepSpeed shard the gradients")
         opt = torch.optim.AdamW(groups, lr=self.recipe.lr)
@@ -517,13 +530,13 @@ class Trainer(RunFolder, DevEvaluation):
         return self._end_of_epoch()
 
     def _clip_gradients(self) -> torch.Tensor:
-        """Clip the gradient norm to max_grad_norm, once over everything (joint) or per side (pipeline);
+        """Clip the gradient norm to max_grad_norm, once over everything (joint) or per side (--clip);
         return the largest pre-clip norm."""
-        if len(self.sides) == 1:
+        if len(self.clip_sides) == 1:
             return torch.as_tensor(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
         self.acc.unscale_gradients()                   # fp16: once, before both clips (a no-op on fp32)
         norms = [torch.nn.utils.clip_grad_norm_(self.side_params[side], self.cfg.max_grad_norm)
-                 for side in self.sides]
+                 for side in self.clip_sides]
         return torch.stack([n.float() for n in norms]).max()
 
     def _nonfinite(self, what: str, batch) -> None:
