@@ -185,7 +185,7 @@ def load_toy_model(seed: int = 0, which: str = "foundation", **config):
         if which == "end2end" and path != TOY_END2END:
             warnings.warn(f"no end-to-end toy model in {TOY_END2END}; using the foundation, which never saw "
                           "[IMG] (run `photochat pretrain --preset toy --only end2end` to create it)")
-        return PhotoChatModel.from_pretrained(path, **config)
+        return with_captioner(PhotoChatModel.from_pretrained(path, **config))
     warnings.warn(f"no pretrained toy checkpoint in {TOY_CHECKPOINT}; using random weights "
                   "(run `photochat pretrain --preset toy` to create it)")
     return build_model("toy", seed=seed, model_config=PhotoChatConfig(**config) if config else None)
@@ -209,4 +209,19 @@ def build_model(preset: str | Preset = "toy", seed: int = 0, model_config=None, 
         raise ValueError(f"preset {p.name!r}: llm, perceptron and sd must all be given (or none, for toy)")
     else:
         parts = load_components(p.llm, p.perceptron, p.sd, dtype=getattr(torch, p.dtype))
-    return PhotoChatModel(*parts, config=config)
+    return with_captioner(PhotoChatModel(*parts, config=config))
+
+
+def captioner_for(preset: str):
+    """Return the preset's image caption model (image -> caption), or None: the toy classifier's for the toy
+    preset; the real presets ship none (BLIP-2's OPT is not loaded)."""
+    if preset != "toy":
+        return None
+    from photochat_lib.toy.classifier import caption_image
+    return caption_image
+
+
+def with_captioner(model: PhotoChatModel) -> PhotoChatModel:
+    """Return `model` with its preset's caption model handed in (what a pipeline reads a sent photo through)."""
+    model.captioner = captioner_for(model.config.preset)
+    return model

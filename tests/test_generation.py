@@ -134,6 +134,6 @@ def test_pipeline_reads_a_sent_photo_through_its_caption(monkeypatch):
                                                  "square[/IMG]\nA: What do you see?\nB:", return_tensors="pt").input_ids)
     assert torch.allclose(seen["embeds"], prompt)                      # the caption text, not visual tokens
     assert build_model("toy", seed=0).context_photos == "perceptron"          # end2end: always the Q-Former
-    pipe.config = PhotoChatConfig(mode="pipeline", preset="paper")
-    with pytest.raises(ValueError, match="no caption model"):
+    pipe.captioner = None                                     # a real preset's model: none is shipped
+    with pytest.raises(ValueError, match="has no caption model: set model.captioner"):
         caption_photo(pipe, photo)

@@ -38,8 +38,6 @@ LAYERS = [  # bottom to top: (name, module prefixes)
 REACHES_UP = {
     ("photochat_lib.model.photochat_model", "photochat_lib.training.checkpoints"):
         "from_pretrained on a run's checkpoint-N/ rebuilds the model as training built it (LoRA merged)",
-    ("photochat_lib.model.generation", "photochat_lib.toy.classifier"):
-        "the pipeline baseline's caption model is, on the toy preset, the toy classifier",
 }
 
 

@@ -43,13 +43,13 @@ def run(args, stdin=None, stdout=None) -> int:
     from photochat_lib.data.images import load_image
     from photochat_lib.model.generation import generate
     from photochat_lib.model.photochat_model import PhotoChatModel
-    from photochat_lib.presets import load_toy_model
+    from photochat_lib.presets import load_toy_model, with_captioner
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     say = lambda s: (stdout.write(s + "\n"), stdout.flush())
     from photochat_lib.utils.doctor import UnsupportedGPUError, require_supported_gpu
     try:
         require_supported_gpu()                # a torch build without kernels for this GPU: the fix, in one line
-        model = PhotoChatModel.from_pretrained(args.model) if args.model else load_toy_model(which="end2end")
+        model = with_captioner(PhotoChatModel.from_pretrained(args.model)) if args.model else load_toy_model(which="end2end")
     except (OSError, ValueError, UnsupportedGPUError) as e:   # a wrong --model, a broken one, no Hub, the GPU
         if getattr(args, "debug", False):
             raise

@@ -244,16 +244,13 @@ def _normalise_context(context, speaker, captioner=None):
 def caption_photo(model, image: Image.Image) -> str:
     """Return a caption of a photo for a pipeline whose LLM reads context photos as captions.
 
-    The pipeline's image caption model: on the toy preset the toy classifier names the (colour, shape)
-    objects it sees, in the dataset's caption style. The real presets ship no caption model (BLIP-2's
-    OPT is not loaded), so a photo sent to them must come with its caption.
+    The pipeline's image caption model is `model.captioner`, handed in by the preset layer
+    (`presets.captioner_for`: on the toy preset the toy classifier names the objects it sees). The real presets
+    ship none (BLIP-2's OPT is not loaded), so a photo sent to them must come with its caption.
     """
-    if model.config.preset != "toy":
+    if model.captioner is None:
         raise ValueError("this pipeline reads context photos as captions (pipeline_context='caption') and the "
-                         f"{model.config.preset!r} preset has no caption model: pass the photo as a Turn with "
-                         "Photo(caption=...), or use pipeline_context='perceptron'")
-    from photochat_lib.data.toy_world import CAPTION_PREFIX, COLOURS, SHAPES
-    from photochat_lib.toy.classifier import load_toy_classifier, to_tensor
-    objects, _ = load_toy_classifier().predict(to_tensor([image]))
-    order = sorted(objects[0], key=lambda cs: (list(COLOURS).index(cs[0]), SHAPES.index(cs[1])))
-    return CAPTION_PREFIX + ", ".join(f"{c} {s}" for c, s in order)
+                         f"{model.config.preset!r} model has no caption model: set model.captioner "
+                         "(photochat_lib.presets.captioner_for), pass the photo as a Turn with Photo(caption=...), "
+                         "or use pipeline_context='perceptron'")
+    return model.captioner(image)

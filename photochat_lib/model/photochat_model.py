@@ -117,6 +117,8 @@ class PhotoChatModel(nn.Module):
         self.perceptron, self.image_generator = perceptron, image_generator
         self.config = config or PhotoChatConfig()
         self.source_folder: str | None = None    # the local folder from_pretrained read (its metrics.json)
+        self.captioner = None                     # image -> caption: the pipeline's caption model, handed in by
+                                                  # the preset layer (`presets.captioner_for`); not saved
 
     @property
     def context_photos(self) -> str:

@@ -323,6 +323,15 @@ def judge(images, captions_or_objects: Sequence, model: ToyClassifier | None = N
             "object_f1": 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 1.0}  # micro F1 over objects
 
 
+def caption_image(image: Image.Image) -> str:
+    """Return the toy world's caption of a photo: the (colour, shape) objects the shipped classifier sees, in the
+    dataset's caption style (the toy pipeline's caption model, `presets.captioner_for("toy")`)."""
+    from photochat_lib.data.toy_world import CAPTION_PREFIX, COLOURS, SHAPES
+    objects, _ = load_toy_classifier().predict(to_tensor([image]))
+    order = sorted(objects[0], key=lambda cs: (list(COLOURS).index(cs[0]), SHAPES.index(cs[1])))
+    return CAPTION_PREFIX + ", ".join(f"{c} {s}" for c, s in order)
+
+
 def attribute_accuracy(images, captions: Sequence, model: ToyClassifier | None = None) -> float:
     """Return the share of images whose predicted (colour, shape) set equals their caption's."""
     return judge(images, captions, model)["exact_match"]
