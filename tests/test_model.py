@@ -160,3 +160,44 @@ def test_llm_gradient_norms_split_the_update_between_the_two_losses(toy_model):
     pipe.config = PhotoChatConfig(mode="pipeline")
     assert llm_gradient_norms(pipe, batch, 1.0, g().manual_seed(0))["image"] == 0.0
     toy_model.train()
+
+
+def test_sum_reduction_is_the_papers_eq_2_and_12(toy_model):
+    """loss_reduction="sum": L_t = Σ over each response's scored tokens, L_v = Σ over each photo's latent values,
+    both averaged over the batch; the mean form divides them by the tokens per response and C·h·w."""
+    from photochat_lib.model.photochat_model import alpha_in
+    batch = hand_batch(toy_model)
+    toy_model.eval()
+    mean = toy_model(batch, tau=1.0, generator=torch.Generator().manual_seed(0))
+    summed = copy.copy(toy_model)
+    summed.config = PhotoChatConfig(loss_reduction="sum")
+    total = summed(batch, tau=1.0, generator=torch.Generator().manual_seed(0))
+    scored = (batch["labels"][:, 1:] != IGNORE_INDEX)                          # (B, T-1)
+    B = scored.shape[0]
+    assert total.text_loss.item() == pytest.approx(mean.text_loss.item() * int(scored.sum()) / B, rel=1e-5)
+    unet = toy_model.image_generator.unet.config
+    d = unet.in_channels * unet.sample_size ** 2                               # latent values per photo
+    assert total.image_loss.item() == pytest.approx(mean.image_loss.item() * d, rel=1e-5)
+    # α converts between the two units both ways: the toy's α_mean = 1 is α_sum ≈ 1/60
+    assert alpha_in(1.0, "mean", 17, 1024) == pytest.approx(17 / 1024)
+    assert alpha_in(alpha_in(0.3, "sum", 17, 1024), "mean", 17, 1024) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        PhotoChatConfig(loss_reduction="median")
+    toy_model.train()
+
+
+def test_a_gumbel_generator_varies_the_caption_draw_and_leaves_the_diffusion_draw(toy_model):
+    """gumbel_generator draws only the Gumbel noise: with it fixed and SD's generator changed, L_v changes; with
+    SD's fixed and the Gumbel seed changed, the one-hots (and with gold captions, L_v's value) stay."""
+    batch = hand_batch(toy_model)
+    toy_model.eval()
+    g = torch.Generator
+    run = lambda d, s: toy_model(batch, tau=1.0, generator=g().manual_seed(d), gumbel_generator=g().manual_seed(s))
+    a, b, c = run(0, 0), run(0, 1), run(1, 0)
+    assert a.image_loss.item() == b.image_loss.item()          # gold caption: the value is R_SD's, not the draw's
+    assert a.image_loss.item() != c.image_loss.item()          # another diffusion draw
+    head = toy_model.llm.get_output_embeddings().weight
+    grad = lambda out: torch.autograd.grad(out.image_loss, head)[0]
+    ga, gb, ga2 = grad(run(0, 0)), grad(run(0, 1)), grad(run(0, 0))
+    assert torch.equal(ga, ga2) and not torch.equal(ga, gb)    # the Gumbel draw moves only the gradient
+    toy_model.train()

@@ -94,12 +94,17 @@ class ImageGenerator(nn.Module):
         return dist.sample(generator) * self.vae.config.scaling_factor
 
     def image_loss(self, r_sd: torch.Tensor, target_pixels: torch.Tensor,
-                   generator: torch.Generator | None = None, snr_gamma: float | None = None) -> torch.Tensor:
-        """Return L_v (eq. 12, as the noise-prediction MSE) for captions r_sd and target images.
+                   generator: torch.Generator | None = None, snr_gamma: float | None = None,
+                   reduction: str = "mean") -> torch.Tensor:
+        """Return L_v (eq. 12, as the noise-prediction squared error) for captions r_sd and target images.
 
+        reduction "mean" (default): averaged over every latent value; "sum": the paper's ‖ε − ε_θ‖², summed
+        over each sample's C·h·w latent values (4·16·16 = 1024 in the toy), averaged over the batch.
         snr_gamma: Min-SNR-γ weighting (Hang et al., 2023), per sample min(SNR_t, γ) in x_0 terms, i.e.
         min(SNR_t, γ)/SNR_t on the ε-loss; None is the plain (unweighted) loss that joint training uses.
         """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         cond = self.encode_onehot(r_sd)                                     # (B, n, D)
         z0 = self.encode_images(target_pixels, generator).to(cond.dtype)    # (B, C, h, w)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
@@ -116,14 +121,18 @@ class ImageGenerator(nn.Module):
             target = z0
         else:
             raise ValueError(f"unsupported scheduler prediction_type {kind!r}")
+        wide = torch.float64 if pred.dtype == torch.float64 else torch.float32     # float64 stays (gradient probes)
+        if snr_gamma is None and reduction == "mean":
+            return F.mse_loss(pred.to(wide), target.to(wide))               # eq. (12), see docstring
+        err = (pred.to(wide) - target.to(wide)) ** 2                        # (B, C, h, w)
+        per_sample = err.mean(dim=(1, 2, 3)) if reduction == "mean" else err.sum(dim=(1, 2, 3))  # (B,) eq. (12)
         if snr_gamma is None:
-            return F.mse_loss(pred.float(), target.float())                 # eq. (12), see docstring
+            return per_sample.mean()                                        # eq. (12) summed: ‖ε − ε_θ‖²
         from diffusers.training_utils import compute_snr
         snr = compute_snr(self.scheduler, t)                                # (B,) ᾱ_t / (1 − ᾱ_t), diffusers' own
         # the ε-, v- and z_0-losses weigh x_0 errors by SNR, SNR+1 and 1: divide that back out
         weight = snr.clamp(max=snr_gamma)                                   # (B,) on x_0 errors
         weight = weight / {"epsilon": snr, "v_prediction": snr + 1}.get(kind, torch.ones_like(snr))
-        per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
         return (weight * per_sample).mean()
 
     @torch.no_grad()

@@ -46,7 +46,7 @@ from photochat_lib.model.hub import find_broken_file, is_training_checkpoint, pu
 from photochat_lib.model.image_generator import ImageGenerator
 from photochat_lib.model.image_perceptron import ImagePerceptron, build_image_perceptron
 from photochat_lib.model.stgs import gumbel_softmax_st
-from photochat_lib.model.text_generator import load_llm, placeholder_id, splice_visual_tokens, text_loss
+from photochat_lib.model.text_generator import LOSS_REDUCTIONS, load_llm, placeholder_id, splice_visual_tokens, text_loss
 
 MODES = ("end2end", "pipeline")
 
@@ -59,6 +59,8 @@ class PhotoChatConfig:
     sd_caption_source: str = "gold"    # "gold" | "sampled": which caption eq. (11) tokenizes
     pipeline_context: str = "caption"  # pipeline only: context photos reach the LLM as "caption" text or
                                        # through the "perceptron" (eq. 3); end2end always uses the perceptron
+    loss_reduction: str = "mean"       # "mean": L_t per scored token, L_v per latent value (our default) |
+                                       # "sum": the paper's eq. (2) and (12), per response and per photo
     preset: str = "toy"                # the preset the model was built from (informational)
     extra: dict = field(default_factory=dict)  # free-form notes saved with the model
 
@@ -67,6 +69,8 @@ class PhotoChatConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.sd_caption_source not in ("gold", "sampled"):
             raise ValueError(f"sd_caption_source must be 'gold' or 'sampled', got {self.sd_caption_source!r}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         if self.pipeline_context not in CONTEXT_PHOTOS:
             raise ValueError(f"pipeline_context must be one of {CONTEXT_PHOTOS}, got {self.pipeline_context!r}")
 
@@ -160,8 +164,12 @@ class PhotoChatModel(nn.Module):
         return out, mask
 
     # ----- step 3–5: the image loss -----
-    def image_loss(self, logits, batch, tau: float, generator: torch.Generator | None = None):
-        """Return (L_v, sampled captions or None) for the batch's target photos."""
+    def image_loss(self, logits, batch, tau: float, generator: torch.Generator | None = None,
+                   gumbel_generator: torch.Generator | None = None):
+        """Return (L_v, sampled captions or None) for the batch's target photos.
+
+        generator draws the Gumbel noise and then SD's (VAE sample, noise, timestep); gumbel_generator, when
+        given, draws the Gumbel noise instead, so a gradient probe can vary one draw with the other held fixed."""
         gen = self.image_generator
         targets = batch["target_pixel_values"]
         if targets.shape[0] == 0:
@@ -170,10 +178,11 @@ class PhotoChatModel(nn.Module):
         if self.config.mode == "pipeline":
             # §3.1.4: discrete text into SD — the one-hots have no path back to the LLM.
             r_sd = gen.one_hot(batch["sd_input_ids"].to(gen.unet.device))
-            return gen.image_loss(r_sd, targets, generator), None
+            return gen.image_loss(r_sd, targets, generator, reduction=self.config.loss_reduction), None
         cap_logits, mask = self.caption_logits(logits, batch["caption_positions"].to(logits.device),
                                                targets.shape[0])                    # (N, m, V1)
-        r_llm = gumbel_softmax_st(cap_logits.float(), tau, generator=generator)     # eq. (4)–(7)
+        cap_logits = cap_logits if cap_logits.dtype == torch.float64 else cap_logits.float()  # float32, or a float64 probe
+        r_llm = gumbel_softmax_st(cap_logits, tau, generator=gumbel_generator or generator)  # eq. (4)–(7)
         sampled = None
         if self.config.sd_caption_source == "gold":
             llm_ids, sd_ids = batch["llm_caption_ids"], batch["sd_caption_ids"]
@@ -183,7 +192,7 @@ class PhotoChatModel(nn.Module):
         avg = dvtm_average(r_llm, [t.to(r_llm.device) for t in llm_ids], [t.to(r_llm.device) for t in sd_ids],
                            gen.vocab_size, impl=self.config.dvtm_impl, r_mask=mask)  # eq. (9)–(10): (N, V2)
         r_sd = straight_through_sd(gen.one_hot(sd_input_ids).to(avg.dtype), avg)     # eq. (11): (N, n, V2)
-        return gen.image_loss(r_sd, targets, generator), sampled                    # eq. (12)
+        return gen.image_loss(r_sd, targets, generator, reduction=self.config.loss_reduction), sampled  # eq. (12)
 
     def _retokenize(self, r_llm: torch.Tensor, mask: torch.Tensor):
         """Decode the sampled one-hots and re-tokenize them for SD (sd_caption_source='sampled')."""
@@ -198,15 +207,16 @@ class PhotoChatModel(nn.Module):
             sd_ids.append(torch.tensor(sd, dtype=torch.long))
         return texts, llm_ids, sd_ids, gen.tokenize(texts)
 
-    def forward(self, batch: dict, tau: float = 1.0, generator: torch.Generator | None = None) -> PhotoChatOutput:
-        """Return the losses of eq. (13) for one collated batch at Gumbel temperature tau."""
+    def forward(self, batch: dict, tau: float = 1.0, generator: torch.Generator | None = None,
+                gumbel_generator: torch.Generator | None = None) -> PhotoChatOutput:
+        """Return the losses of eq. (13) for one collated batch at Gumbel temperature tau (generators: `image_loss`)."""
         input_ids = batch["input_ids"].to(self.device)
         embeds = self.input_embeddings(input_ids, batch.get("context_pixel_values"),
                                        batch.get("context_image_batch_index"))
         out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device))
         logits = out.logits                                                           # (B, T, V1) eq. (1)
-        lt = text_loss(logits, batch["labels"].to(self.device))                       # eq. (2)
-        lv, sampled = self.image_loss(logits, batch, tau, generator)
+        lt = text_loss(logits, batch["labels"].to(self.device), self.config.loss_reduction)  # eq. (2)
+        lv, sampled = self.image_loss(logits, batch, tau, generator, gumbel_generator)
         loss = lt + self.config.alpha * lv.to(lt.device)                              # eq. (13)
         return PhotoChatOutput(loss, lt, lv, logits, sampled)
 
@@ -313,6 +323,22 @@ class PhotoChatModel(nn.Module):
         training run it came from (its config.json and eval/metrics.json go into the card). See `hub.push_to_hub`."""
         return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
                            run_dir=run_dir)
+
+
+def alpha_in(alpha: float, reduction: str, tokens_per_response: float, latent_values: int) -> float:
+    """Return α of eq. (13) given in `reduction`'s units ("mean" | "sum") as the other reduction's α.
+
+    L_t(sum) ≈ k L_t(mean) with k the scored tokens per response, and L_v(sum) = d L_v(mean) with d the latent
+    values per photo (C·h·w). The same balance of the two gradients needs α_sum d / k = α_mean, so
+    α_mean = α_sum d / k. The toy (k ≈ 17, d = 4·16·16 = 1024): α_mean 1 is α_sum ≈ 1/60; the paper's α_sum 1
+    is α_mean ≈ 60.
+    """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    if not (tokens_per_response > 0 and latent_values > 0):
+        raise ValueError(f"tokens_per_response and latent_values must be > 0, got {tokens_per_response}, {latent_values}")
+    ratio = latent_values / tokens_per_response                              # d / k
+    return alpha * ratio if reduction == "sum" else alpha / ratio
 
 
 def hf_token() -> str | None:

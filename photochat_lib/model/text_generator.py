@@ -92,18 +92,31 @@ def splice_visual_tokens(embeds: torch.Tensor, input_ids: torch.Tensor, placehol
     return out
 
 
-def text_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Return eq. (2): mean NLL of the response tokens (labels != IGNORE_INDEX), next-token shifted.
+LOSS_REDUCTIONS = ("mean", "sum")   # eq. (2) and eq. (12) averaged (our default) or summed (the paper)
 
-    The paper writes the sum over |R|; we average over scored tokens (the usual, batch-size
-    independent normalisation), which only rescales the gradient.
+
+def text_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Return eq. (2), the NLL of the response tokens (labels != IGNORE_INDEX), next-token shifted.
+
+    reduction "mean" (default): averaged over the batch's scored tokens, the usual batch-size independent
+    normalisation. "sum": the paper's form, eq. (2)'s sum over the |R| tokens of each response, averaged over
+    the responses of the batch. The two differ by the number of scored tokens per response (≈ 17 in the toy),
+    so α of eq. (13) means something else in each (see `photochat_model.alpha_in`).
     """
-    shift_logits = logits[:, :-1].float()                                   # (B, T-1, V) predicts t+1
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    shift_logits = logits[:, :-1]                                           # (B, T-1, V) predicts t+1
+    shift_logits = shift_logits if shift_logits.dtype == torch.float64 else shift_logits.float()
     shift_labels = labels[:, 1:]                                            # (B, T-1)
-    if not bool((shift_labels != IGNORE_INDEX).any()):
+    scored = shift_labels != IGNORE_INDEX                                   # (B, T-1)
+    if not bool(scored.any()):
         return shift_logits.sum() * 0.0                                     # nothing to score
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                           shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)  # eq. (2)
+    if reduction == "mean":
+        return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX)                  # eq. (2), averaged
+    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="sum")      # eq. (2): -Σ log p over scored tokens
+    return nll / scored.any(dim=1).sum()                                   # per response, averaged
 
 
 def placeholder_id(tokenizer: PreTrainedTokenizerBase) -> int:
