@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     toy.add_argument("--n-test", type=int, default=100, help="Number of test dialogues (default: 100).")
     toy.add_argument("--image-size", type=int, default=32, help="Side of the square RGB images in pixels "
                      "(default: 32).")
+    toy.add_argument("--caption-bias", type=float, default=0.0, metavar="Q", help="Share in [0, 1] of the "
+                     "training captions naming a blue object that write it 'purple' (a seeded choice of its own; "
+                     "photos, dialogues, labels.json and the dev/test captions stay true; 0 writes exactly the "
+                     "unbiased world; see photochat_lib/data/caption_bias.py) (default: 0).")
     toy.set_defaults(func=_toy)
 
     wording = sub.add_parser("wording", help="Write the held-out wording set: hand-written toy-world dialogues "
@@ -58,6 +62,7 @@ def register(subparsers) -> None:
 
 def _toy(args: argparse.Namespace) -> int:
     """Write the toy dataset; returns 0."""
+    from photochat_lib.data.caption_bias import check_caption_bias
     from photochat_lib.data.toy_world import write_toy_dataset
     for name in ("n_train", "n_dev", "n_test"):
         if getattr(args, name) < 0:
@@ -67,12 +72,19 @@ def _toy(args: argparse.Namespace) -> int:
         print("error: --image-size must be at least 8", file=sys.stderr)
         return 2
     try:
+        check_caption_bias(args.caption_bias, "--caption-bias")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         out = write_toy_dataset(args.out, seed=args.seed, n_train=args.n_train, n_dev=args.n_dev,
-                                n_test=args.n_test, image_size=args.image_size)
+                                n_test=args.n_test, image_size=args.image_size, caption_bias=args.caption_bias)
     except ValueError as e:                      # a folder that is not a toy dataset: nothing was touched
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.n_train}/{args.n_dev}/{args.n_test} train/dev/test dialogues to {out}")
+    print(f"wrote {args.n_train}/{args.n_dev}/{args.n_test} train/dev/test dialogues to {out}"
+          + (f" (caption bias {args.caption_bias:g}: toy_dataset.json lists the biased captions)"
+             if args.caption_bias > 0 else ""))
     return 0
 
 

@@ -21,6 +21,10 @@ for real data, see ``photochat.py``)::
     OUT/<split>/images/<dialogue_id>.png     photo_url = "images/<dialogue_id>.png" (relative)
     OUT/labels.json           {dialogue_id: {background, objects: [{colour, shape, size, position}]}}
 
+``caption_bias=Q`` (``photochat data toy --caption-bias Q``) writes a share Q of the training captions that name
+a blue object with "purple" for "blue"; photos, dialogues, labels and dev/test stay as without it
+(`caption_bias`, where the rule and what SD may learn from it are spelled out).
+
 Dialogue ids are ``<split>-<index:05d>``; dialogue ``i`` of a split depends only on (seed, split, i),
 so growing a split never changes its earlier dialogues. Same seed -> byte-identical files.
 """
@@ -34,6 +38,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from photochat_lib.data import toy_phrasings as P
+from photochat_lib.data.caption_bias import RULE, check_caption_bias, eligible, is_biased, misname
 from photochat_lib.utils.atomic import replace_dir
 
 COLOURS = {  # object colour -> RGB
@@ -219,20 +224,28 @@ def check_replaceable(out: Path) -> None:
 
 
 def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev: int = 100,
-                      n_test: int = 100, image_size: int = 32) -> Path:
+                      n_test: int = 100, image_size: int = 32, caption_bias: float = 0.0) -> Path:
     """Write the toy dataset under out (atomically: built in a temp dir, then swapped in); returns out.
 
     An existing `out` is replaced only if it is empty or a toy dataset (`check_replaceable`); the new one
-    carries a `toy_dataset.json` stamp with its settings.
+    carries a `toy_dataset.json` stamp with its settings. caption_bias: the share Q in [0, 1] of eligible
+    training captions written biased (`caption_bias`); 0 writes exactly the unbiased world.
     """
+    caption_bias = check_caption_bias(caption_bias)
     check_replaceable(Path(out))
 
     def write(tmp: Path) -> None:
         labels = {}
+        bias = {"eligible": [], "biased": []}
         for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
             (tmp / split / "images").mkdir(parents=True)
             dialogues = []
-            for d, objects, bg in make_split(split, n, seed):
+            for i, (d, objects, bg) in enumerate(make_split(split, n, seed)):
+                if split == "train" and caption_bias > 0 and eligible(objects):   # the photo and labels stay true
+                    bias["eligible"].append(d["dialogue_id"])
+                    if is_biased(objects, seed, i, caption_bias):
+                        d["photo_description"] = caption(misname(objects))
+                        bias["biased"].append(d["dialogue_id"])
                 draw_photo(objects, bg, image_size).save(tmp / split / d["photo_url"], format="PNG")
                 labels[d["dialogue_id"]] = {
                     "background": bg, "split": split,
@@ -241,8 +254,11 @@ def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev:
                 dialogues.append(d)
             _write_json(tmp / split / f"{split}_00.json", dialogues)
         _write_json(tmp / "labels.json", labels)
-        _write_json(tmp / STAMP, {"written_by": "photochat_lib.data.toy_world.write_toy_dataset", "seed": seed,
-                                  "n_train": n_train, "n_dev": n_dev, "n_test": n_test, "image_size": image_size})
+        stamp = {"written_by": "photochat_lib.data.toy_world.write_toy_dataset", "seed": seed,
+                 "n_train": n_train, "n_dev": n_dev, "n_test": n_test, "image_size": image_size}
+        if caption_bias > 0:                     # absent at 0: the unbiased world's stamp, byte for byte
+            stamp["caption_bias"] = {"q": caption_bias, "rule": RULE, **bias}
+        _write_json(tmp / STAMP, stamp)
 
     return replace_dir(out, write)
 

@@ -5,7 +5,10 @@
 * photos — IS and FID (torch-fidelity; the toy world uses its registered toy feature extractor, real
   presets InceptionV3) of the photos the model drew where the reference shares one, against the
   reference photos; on the toy world also attribute accuracy: does the drawn photo hold the colours
-  and shapes of the *reference* caption (judged by the shipped toy classifier);
+  and shapes of the *reference photo* (judged by the shipped toy classifier against the photo's facts in
+  ``labels.json``, not against a caption: a biased world's training captions may misname a colour,
+  `data.caption_bias`; its dev and test captions are true, so there the two agree; a sample without
+  labels falls back to its reference caption);
 * beyond the paper — share timing: precision / recall / F1 of "the reply shares a photo" against
   the reference, and caption exact match;
 * the input end — grounded remarks (`grounding`): of the replies to a photo another speaker shared, the
@@ -92,8 +95,14 @@ def image_name(sample_id: str, j: int) -> str:
     return f"{safe_name(sample_id)}_{hashlib.sha1(str(sample_id).encode()).hexdigest()[:8]}_{j}.png"
 
 
-def score(records, images, preset: str = "toy", inception_weights: str | None = None) -> dict:
-    """Return the metric dict for prediction records (and drawn images keyed by sample id)."""
+def score(records, images, preset: str = "toy", inception_weights: str | None = None,
+          labels: dict | None = None) -> dict:
+    """Return the metric dict for prediction records (and drawn images keyed by sample id).
+
+    labels: the toy world's {dialogue_id: label} (`grounding.read_labels`): attribute accuracy is scored
+    against the photo's objects there, against the reference caption only where a sample has none.
+    ``caption_exact`` compares with the reference caption (true on dev and test, also in a biased world).
+    """
     from photochat_lib.data.images import load_image
     from photochat_lib.evaluation.metrics import caption_bleu, share_timing, text_metrics
     preds, refs = [r["prediction"] for r in records], [r["reference"] for r in records]
@@ -118,8 +127,14 @@ def score(records, images, preset: str = "toy", inception_weights: str | None = 
         if preset == "toy":
             from photochat_lib.toy.classifier import attribute_accuracy
             m["attr_acc"] = 100.0 * attribute_accuracy([img for _, img in drawn],
-                                                       [r["reference_captions"][0] for r, _ in drawn])
+                                                       [photo_truth(r, labels) for r, _ in drawn])
     return m
+
+
+def photo_truth(record: dict, labels: dict | None):
+    """Return what a record's reference photo holds: its labels.json entry (the photo's facts), else its caption."""
+    label = (labels or {}).get(record["id"].rsplit(":", 1)[0])           # sample id = dialogue:run
+    return label if label is not None else record["reference_captions"][0]
 
 
 def oracle_metrics(generator, data: str | Path, split: str = "test", max_samples: int | None = None, seed: int = 0,
@@ -131,6 +146,8 @@ def oracle_metrics(generator, data: str | Path, split: str = "test", max_samples
     * ``sd_reference_captions`` — `generator` drawing the *reference* captions: the image generator's
       ceiling, what any model's photos could reach if its LLM wrote every caption right;
     * ``random_captions`` — the same generator drawing random toy captions (1–3 random objects): the floor.
+
+    Attribute accuracy is judged against the photo's facts (``labels.json``), as in `score`.
     """
     import random
 
@@ -142,12 +159,14 @@ def oracle_metrics(generator, data: str | Path, split: str = "test", max_samples
     from photochat_lib.model.generation import draw_captions
     from photochat_lib.toy.classifier import attribute_accuracy
     samples = select_samples(make_samples(read_photochat(Path(data) / split)), max_samples, seed)
-    photos = [p for s in samples for p in s.target_photos()[:1]]
-    reals = [load_image(p) for p in photos]
-    captions = [p.caption for p in photos]
+    pairs = [(s, p) for s in samples for p in s.target_photos()[:1]]
+    reals = [load_image(p) for _, p in pairs]
+    captions = [p.caption for _, p in pairs]
+    labels = read_labels(data) or {}
+    truths = [labels.get(s.dialogue_id, p.caption) for s, p in pairs]   # attr_acc: against the photo's facts
     rng = random.Random(f"photochat-random-captions:{seed}")
     kinds = [f"{c} {s}" for c in COLOURS for s in SHAPES]
-    random_caps = [CAPTION_PREFIX + ", ".join(rng.sample(kinds, rng.randint(1, 3))) for _ in photos]
+    random_caps = [CAPTION_PREFIX + ", ".join(rng.sample(kinds, rng.randint(1, 3))) for _ in pairs]
 
     out = {}
     for name, images in (("reference", reals),
@@ -156,7 +175,7 @@ def oracle_metrics(generator, data: str | Path, split: str = "test", max_samples
                          ("random_captions", draw_captions(generator, random_caps, num_inference_steps,
                                                            guidance_scale, seed))):
         m = image_metrics(images, reals, extractor="toy")
-        m["attr_acc"] = 100.0 * attribute_accuracy(images, captions)
+        m["attr_acc"] = 100.0 * attribute_accuracy(images, truths)
         m["n_photos"] = len(images)
         out[name] = m
     return out
@@ -193,7 +212,7 @@ def evaluate_model(model, data: str | Path, split: str = "test", preset: str = "
     records, images = drawn["records"], drawn["images"]
     remarks = remark_records(model, dialogues, records, read_labels(data), seed, **gen_kwargs)
     model.train(was_training)
-    metrics = score(records, images, preset)
+    metrics = score(records, images, preset, labels=read_labels(data))
     metrics.update(grounded_remarks(remarks, read_labels(data)) if remarks is not None else
                    {"grounded_note": "grounded remarks need the toy world's labels.json; this dataset has none"})
     if out_dir is not None:
