@@ -41,6 +41,7 @@ from torch import nn
 
 from photochat_lib.utils.atomic import write_json
 from photochat_lib.data.collate import CONTEXT_PHOTOS
+from photochat_lib.model.bridge import BRIDGES, PositionalBridge
 from photochat_lib.model.dvtm import dvtm_average, straight_through_sd
 from photochat_lib.model.hub import find_broken_file, is_training_checkpoint, push_to_hub, resolve_model_path
 from photochat_lib.model.image_generator import ImageGenerator
@@ -59,6 +60,8 @@ class PhotoChatConfig:
     sd_caption_source: str = "gold"    # "gold" | "sampled": which caption eq. (11) tokenizes
     pipeline_context: str = "caption"  # pipeline only: context photos reach the LLM as "caption" text or
                                        # through the "perceptron" (eq. 3); end2end always uses the perceptron
+    bridge: str = "sentence"           # how L_v's gradient reaches the caption: "sentence" (the paper's pooled
+                                       # DVTM, eq. 10-11) | "positional" (per position, vocabulary-wide: bridge.py)
     loss_reduction: str = "mean"       # "mean": L_t per scored token, L_v per latent value (our default) |
                                        # "sum": the paper's eq. (2) and (12), per response and per photo
     preset: str = "toy"                # the preset the model was built from (informational)
@@ -69,6 +72,8 @@ class PhotoChatConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.sd_caption_source not in ("gold", "sampled"):
             raise ValueError(f"sd_caption_source must be 'gold' or 'sampled', got {self.sd_caption_source!r}")
+        if self.bridge not in BRIDGES:
+            raise ValueError(f"bridge must be one of {BRIDGES}, got {self.bridge!r}")
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         if self.pipeline_context not in CONTEXT_PHOTOS:
@@ -189,10 +194,25 @@ class PhotoChatModel(nn.Module):
             sd_input_ids = batch["sd_input_ids"].to(gen.unet.device)
         else:
             sampled, llm_ids, sd_ids, sd_input_ids = self._retokenize(r_llm, mask)
+        if self.config.bridge == "positional":                                       # per position (bridge.py)
+            r_sd = self.positional_bridge(r_llm, gen.one_hot(sd_input_ids).to(r_llm.dtype), llm_ids, sd_ids)
+            return gen.image_loss(r_sd, targets, generator, reduction=self.config.loss_reduction), sampled
         avg = dvtm_average(r_llm, [t.to(r_llm.device) for t in llm_ids], [t.to(r_llm.device) for t in sd_ids],
                            gen.vocab_size, impl=self.config.dvtm_impl, r_mask=mask)  # eq. (9)–(10): (N, V2)
         r_sd = straight_through_sd(gen.one_hot(sd_input_ids).to(avg.dtype), avg)     # eq. (11): (N, n, V2)
         return gen.image_loss(r_sd, targets, generator, reduction=self.config.loss_reduction), sampled  # eq. (12)
+
+    @property
+    def positional_bridge(self) -> PositionalBridge:
+        """The positional bridge of this model's two tokenizers (its vocabulary-wide matrix built on first use)."""
+        bridge = getattr(self, "_positional_bridge", None)
+        if bridge is None or bridge.M.device != self.device:
+            gen = self.image_generator
+            bridge = PositionalBridge(self.tokenizer, gen.tokenizer, self.llm.get_output_embeddings().weight.shape[0],
+                                      gen.vocab_size)
+            bridge.M = bridge.M.to(self.device)
+            self._positional_bridge = bridge
+        return bridge
 
     def _retokenize(self, r_llm: torch.Tensor, mask: torch.Tensor):
         """Decode the sampled one-hots and re-tokenize them for SD (sd_caption_source='sampled')."""

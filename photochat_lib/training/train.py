@@ -69,6 +69,8 @@ class TrainConfig:
     sd_caption_source: str = "gold"          # which caption eq. (11) tokenizes: gold | sampled
     pipeline_context: str = "caption"        # pipeline: context photos reach the LLM as caption | perceptron
     dvtm_impl: str = "batched"               # dense | sparse | batched
+    bridge: str = "sentence"                 # how L_v reaches the caption: sentence (the paper's pooled DVTM) |
+                                             # positional (per position, vocabulary-wide; model/bridge.py)
     loss_reduction: str = "mean"             # mean (L_t per token, L_v per latent value) | sum (the paper's eq. 2
                                              # and 12; α then means ~1/60 of a mean-form α in the toy)
     photo_only: bool = False                 # train only on responses that share a photo
@@ -138,7 +140,7 @@ class TrainConfig:
             raise ValueError(f"--caption-supervision must be in [0, 1], got {self.caption_supervision}")
         choices = {"mode": ("end2end", "pipeline"), "sd_caption_source": ("gold", "sampled"),
                    "pipeline_context": ("caption", "perceptron"), "dvtm_impl": ("dense", "sparse", "batched"),
-                   "loss_reduction": ("mean", "sum"),
+                   "loss_reduction": ("mean", "sum"), "bridge": ("sentence", "positional"),
                    "lr_decay": ("constant", "cosine", None), "mixed_precision": ("no", "fp16", "bf16", None),
                    "report_to": ("tensorboard", "wandb", "all", None), "clip": ("joint", "per_side", None)}
         for name, allowed in choices.items():
@@ -226,7 +228,7 @@ def build_training_model(cfg: TrainConfig, recipe, device: str | torch.device = 
     from photochat_lib.model.photochat_model import PhotoChatConfig, PhotoChatModel
     from photochat_lib.presets import build_model
     from photochat_lib.toy.foundation import shipped_toy_checkpoint
-    mc = dict(mode=cfg.mode, alpha=recipe.alpha, dvtm_impl=cfg.dvtm_impl, loss_reduction=cfg.loss_reduction,
+    mc = dict(mode=cfg.mode, alpha=recipe.alpha, dvtm_impl=cfg.dvtm_impl, loss_reduction=cfg.loss_reduction, bridge=cfg.bridge,
               sd_caption_source=cfg.sd_caption_source, pipeline_context=cfg.pipeline_context, preset=cfg.preset)
     if cfg.random_init and cfg.init:
         raise ValueError("give either --init or --random-init, not both")
