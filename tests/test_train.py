@@ -513,3 +513,19 @@ def test_clip_per_side_end_to_end_clips_each_side_to_the_limit(toy_data, tmp_pat
     trainer._clip_gradients = spy
     trainer.train()
     assert set(seen) == {"dialogue", "image"} and all(0 < v <= 0.01 * 1.0001 for v in seen.values()), seen
+
+
+def test_freeze_sd_keeps_the_judge_as_loaded_and_still_sends_its_gradient_to_the_llm(toy_data, tmp_path):
+    """--freeze-sd (the biased-world study): SD's UNet and text encoder end a step bit for bit as loaded, while
+    end to end the LLM still moves (its L_v gradient passes through the frozen SD)."""
+    trainer = Trainer(small_cfg(toy_data, tmp_path / "r", max_steps=1, freeze_sd=True, bridge="positional",
+                                loss_reduction="sum"))
+    model = trainer.unwrapped
+    sd_before = {k: v.clone() for k, v in model.image_generator.unet.state_dict().items()}
+    te_before = {k: v.clone() for k, v in model.image_generator.text_encoder.state_dict().items()}
+    llm_before = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    trainer.train()
+    assert all(torch.equal(v, model.image_generator.unet.state_dict()[k]) for k, v in sd_before.items())
+    assert all(torch.equal(v, model.image_generator.text_encoder.state_dict()[k]) for k, v in te_before.items())
+    assert any(not torch.equal(v, model.llm.state_dict()[k]) for k, v in llm_before.items())
+    assert model.config.bridge == "positional" and model.config.loss_reduction == "sum"

@@ -60,7 +60,7 @@ def clean_leftovers(out: Path) -> list[str]:
 # rest (max_steps, checkpointing, evaluation, logging) may change between a run's sessions
 RUN_DEFINING = ("data", "preset", "mode", "init", "llm", "perceptron", "sd", "random_init", "smoke", "seed", "micro_batch_size",
                 "grad_accum_steps", "lr", "sd_lr", "weight_decay", "warmup_steps", "alpha", "tau_start", "tau_end",
-                "tau_anneal_epochs", "sd_caption_source", "pipeline_context", "dvtm_impl", "bridge", "loss_reduction", "photo_only", "lr_decay",
+                "tau_anneal_epochs", "sd_caption_source", "pipeline_context", "dvtm_impl", "bridge", "freeze_sd", "loss_reduction", "photo_only", "lr_decay",
                 "lr_schedule_steps", "photo_repeats", "remark_repeats", "caption_supervision", "max_train_samples", "max_grad_norm", "clip")
 
 

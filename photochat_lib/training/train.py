@@ -69,6 +69,9 @@ class TrainConfig:
     sd_caption_source: str = "gold"          # which caption eq. (11) tokenizes: gold | sampled
     pipeline_context: str = "caption"        # pipeline: context photos reach the LLM as caption | perceptron
     dvtm_impl: str = "batched"               # dense | sparse | batched
+    freeze_sd: bool = False                  # keep SD's UNet and text encoder as loaded (the recipe's other choices
+                                             # stand): SD stays the judge L_v was pretrained to be, and cannot
+                                             # learn a biased world's captions (benchmarks/when_end2end_helps.py)
     bridge: str = "sentence"                 # how L_v reaches the caption: sentence (the paper's pooled DVTM) |
                                              # positional (per position, vocabulary-wide; model/bridge.py)
     loss_reduction: str = "mean"             # mean (L_t per token, L_v per latent value) | sum (the paper's eq. 2
@@ -179,6 +182,8 @@ def resolve(cfg: TrainConfig):
                                           "max_epochs", "early_stopping_patience", "photo_repeats", "remark_repeats", "lr_decay",
                                           "mixed_precision")
             if getattr(cfg, k) is not None}
+    if cfg.freeze_sd:
+        over.update(text_encoder="freeze", unet="freeze")
     if cfg.gradient_checkpointing is not None:     # --gradient-checkpointing / --no-gradient-checkpointing
         over.update(llm_gradient_checkpointing=cfg.gradient_checkpointing,
                     unet_gradient_checkpointing=cfg.gradient_checkpointing)
