@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/photochat demo
+	$(VENV)/bin/photochat demo --reports photochat_lib/reports
 
 # the library's tests and the course's notebooks (nbval: stored outputs must reproduce)
 test: $(STAMP)

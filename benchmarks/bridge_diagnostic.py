@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--diffusion", type=int, default=8, help="diffusion draws (latent sample, noise, timestep)")
     p.add_argument("--tau", type=float, default=1.0, help="STGS temperature (1: the start of training)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--reports", default="reports", help="where bridge_diagnostic.{json,md} go")
+    p.add_argument("--reports", default="photochat_lib/reports", help="where bridge_diagnostic.{json,md} go (the shipped reports)")
     p.add_argument("--quick", action="store_true", help="8 captions, 2 x 2 draws, the end-to-end model: checks it runs")
     args = p.parse_args(argv)
     if args.quick:

@@ -70,7 +70,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/toy", help="toy dataset (generated there if absent)")
     p.add_argument("--runs", default="runs/study", help="where the runs and their evaluations are cached")
-    p.add_argument("--reports", default="reports", help="where when_end2end_helps.{json,md,png} go")
+    p.add_argument("--reports", default="photochat_lib/reports", help="where when_end2end_helps{,_bias}.{json,md,png} go (the shipped reports)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--arm-seeds", type=int, nargs="+", default=None,
                    help="seeds of the ablation and caption-supervision arms (default: --seeds)")

@@ -1,6 +1,8 @@
 """The repository's contracts: one dependency list in two files, the CLI, the scale-out configs."""
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -92,7 +94,8 @@ def test_release_hygiene_version_urls_changelog_and_types():
 def test_the_wheel_holds_everything_a_user_runs(tmp_path):
     """Issue 21 (release hygiene): the wheel `make dist` builds, installed on its own into a folder outside the
     repository (its dependencies from this environment), loads the shipped toy model, reads the wording set,
-    answers `photochat --version` and carries py.typed; nothing of tests/ or notebooks/ goes in."""
+    answers `photochat --version` and carries py.typed and the committed reports; nothing of tests/ or notebooks/
+    goes in. Notebook 07, which shows those reports, runs top to bottom from that install alone, as on Colab."""
     import zipfile
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(ROOT)],
@@ -100,6 +103,7 @@ def test_the_wheel_holds_everything_a_user_runs(tmp_path):
     wheel = next(dist.glob("photochat_lib-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "photochat_lib/py.typed" in names and "photochat_lib/toy/checkpoints/toy-end2end/README.md" in names
+    assert {"photochat_lib/reports/toy_results.json", "photochat_lib/reports/when_end2end_helps.md"} <= set(names)
     assert not [n for n in names if n.startswith(("tests/", "notebooks/", "book/", "benchmarks/"))]
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
@@ -115,3 +119,13 @@ def test_the_wheel_holds_everything_a_user_runs(tmp_path):
     version = subprocess.run([sys.executable, "-m", "photochat_lib.apps.cli", "--version"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert version.stdout.strip().startswith("photochat 0."), version.stderr
+    course = tmp_path / "course"                         # a notebook alone, as Colab opens it: no repository around
+    course.mkdir()
+    shutil.copy(ROOT / "notebooks" / "07_evaluation.ipynb", course)
+    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                          "--output", "executed.ipynb", "--ExecutePreprocessor.timeout=1200", "07_evaluation.ipynb"],
+                         cwd=course, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    executed = json.loads((course / "executed.ipynb").read_text())
+    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors and any("toy_results" in json.dumps(c.get("source")) for c in executed["cells"])

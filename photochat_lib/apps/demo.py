@@ -7,7 +7,8 @@ on the test split → ``reports/toy_results.md`` (the table, mean ± std over se
 pipeline with a 95% interval and a verdict in words, beside the paper's numbers), ``toy_results.json``
 (every number) and ``toy_samples.png`` (sample dialogues with the photos each model drew). Finished
 runs and evaluations are reused, so an interrupted demo resumes where it stopped (``--fresh``
-retrains everything). The committed ``reports/`` is what notebook 07 shows.
+retrains everything). ``make demo`` writes into ``photochat_lib/reports/``, the committed report shipped with the
+package (`photochat_lib.reports`), which notebook 07 shows; a plain ``photochat demo`` writes ``./reports/``.
 """
 from __future__ import annotations
 
