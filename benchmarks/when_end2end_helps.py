@@ -9,7 +9,9 @@ and the DVTM carrying L_v's gradient back) beats training them apart. Three meas
 2. **Ablation.** α ∈ {0, 0.5, 1, 2} (α = 0: L_v never reaches the LLM, nor trains SD) and which caption
    eq. (11) tokenizes (``sd_caption_source`` gold vs sampled), 3 seeds, at the last step.
 3. **Gradient size.** ‖∇_LLM α·L_v‖ next to ‖∇_LLM L_t‖ on a fixed batch of photo-sharing samples,
-   at every point of the curves (τ anneals as training goes).
+   at every point of the curves (τ anneals as training goes), from ONE Gumbel and ONE diffusion draw: a single
+   draw's size, heavy-tailed and at low τ often exactly 0 in float32, not the mean over draws that training
+   follows (that is `benchmarks/gradient_signal.py`: small, but not collapsing with τ as the single draw does).
 
 Hypothesis. The sentence-level DVTM is rank one (notebook 04): whatever SD's loss says, what reaches
 the LLM at a caption is ONE number per caption — put more, or less, probability on the caption's own
