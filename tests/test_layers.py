@@ -141,9 +141,10 @@ def test_importing_a_layer_loads_no_higher_layer(layer):
 
 
 def test_the_package_folders_name_the_layers():
-    """`ls photochat_lib` shows the parts: one folder (or module) per layer, nothing else at the top (py.typed,
+    """`ls photochat_lib` shows the parts: one folder (or module) per layer, the data it ships (configs/, and
+    reports/: the committed results the course shows, with their reader), nothing else at the top (py.typed,
     PEP 561's marker that the package has type hints, is not code)."""
     top = sorted(p.name for p in PACKAGE.iterdir()
                  if (not p.name.startswith(("_", ".")) or p.name == "__init__.py") and p.name != "py.typed")
     assert top == ["__init__.py", "apps", "configs", "data", "evaluation", "model", "presets.py", "recipe.py",
-                   "toy", "training", "utils"]
+                   "reports", "toy", "training", "utils"]
