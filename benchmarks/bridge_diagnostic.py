@@ -76,12 +76,15 @@ def main(argv=None) -> int:
     lines = [f"Colour-swap diagnostic: {args.samples} test captions, tau {args.tau:g}, {args.gumbel} Gumbel x "
              f"{args.diffusion} diffusion draws, {time.time() - t0:.0f} s ({torch.get_num_threads()} thread(s))", "",
              "| model | bridge / SD reads | raises right over wrong | 95 % interval | clear wins (> 2 s.e.) | ties | "
-             "mean gap (wrong − right) ± s.e. |", "|---|---|---|---|---|---|---|"]
+             "mean gap (wrong − right) ± s.e. | right above every other colour (chance) | 95 % interval |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for arm, a in r["arms"].items():
             lines.append(f"| {name} | {arm} | {a['wins']} / {a['n']} ({100 * a['share']:.0f} %) | "
                          f"{100 * a['ci95'][0]:.0f}–{100 * a['ci95'][1]:.0f} % | {a['clear_wins']} | {a['ties']} | "
-                         f"{a['mean_gap']:.2e} ± {a['mean_gap_se']:.1e} |")
+                         f"{a['mean_gap']:.2e} ± {a['mean_gap_se']:.1e} | {a['right_first']} / {a['n']} "
+                         f"({100 * a['right_first'] / a['n']:.0f} %; chance {100 * a['right_first_chance']:.0f} %) | "
+                         f"{100 * a['right_first_ci95'][0]:.0f}–{100 * a['right_first_ci95'][1]:.0f} % |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:

@@ -44,3 +44,4 @@ def test_every_arm_is_measured_with_its_interval(shared):
     for arm in r["arms"].values():
         assert arm["n"] == 4 and 0 <= arm["wins"] <= 4 and arm["ci95"][0] <= arm["share"] <= arm["ci95"][1]
         assert arm["mean_gap"] == arm["mean_gap"]                                # measured, not NaN
+        assert 0 <= arm["right_first"] <= arm["wins"] and arm["right_first_chance"] == pytest.approx(0.25)

@@ -13,7 +13,10 @@ caption the LLM sampled (`sd_caption_source`).
 
 What to expect from the algebra: through the sentence bridge, the gradient at every caption position is c·a (a
 the indicator of the caption's token set), so the right colour — absent from the swapped caption — gets exactly 0
-and the wrong one c: it can only favour the right colour by pushing the whole caption's tokens down (c > 0).
+and the wrong one c: it can only favour the right colour by pushing the whole caption's tokens down (c > 0). At
+the logits, through the softmax, every colour the caption lacks then moves by −p_j·(Σ p g): in proportion to its
+probability, not to the photo. So "raises right over wrong" can be won by "less purple" alone; the stricter
+``right_first`` asks for the right colour above every other colour as well, which needs the photo's say.
 """
 from __future__ import annotations
 
@@ -117,7 +120,9 @@ def diagnose(model, samples: list[Sample], collator, n_gumbel: int = 16, n_diffu
     """Return, per arm, how many swapped captions' expected gradient raises the right colour over the wrong one.
 
     ``samples``: photo-sharing samples (each caption must name a colour; the others are skipped). For each arm:
-    n, wins, ties (the two partial derivatives equal, e.g. both 0), clear wins (the gap above twice its standard
+    n, wins, ties (the two partial derivatives equal, e.g. both 0), right_first (the right colour raised above the
+    wrong one AND every other colour: what "blue, not purple" needs; "less purple" alone raises all the others
+    alike, so chance is 1 in the number of colours but the wrong one), clear wins (the gap above twice its standard
     error over the diffusion draws), the share won with its 95 % Wilson interval, and the mean gap
     ∂L_v/∂o[wrong] − ∂L_v/∂o[right] over captions with its standard error.
     """
@@ -129,7 +134,7 @@ def diagnose(model, samples: list[Sample], collator, n_gumbel: int = 16, n_diffu
     for bridge, source in ARMS:
         arm = copy.copy(model)                                   # same weights, another config
         arm.config = replace(model.config, bridge=bridge, sd_caption_source=source, mode="end2end")
-        gaps, ses = [], []
+        gaps, ses, firsts, chances = [], [], [], []
         for start in range(0, len(swapped), batch_size):
             chunk = swapped[start:start + batch_size]
             ds = PhotoChatDataset([s.sample for s in chunk])
@@ -142,16 +147,22 @@ def diagnose(model, samples: list[Sample], collator, n_gumbel: int = 16, n_diffu
                 right, wrong = _colour_id(arm, s.right), _colour_id(arm, s.wrong)
                 g = cap_mean[c, k]                                                            # (V1,)
                 gaps.append(float(g[wrong] - g[right]))      # > 0: a descent step raises right over wrong
+                others = [_colour_id(arm, c) for c in COLOURS if c not in (s.right, s.wrong)]
+                firsts.append(bool(g[wrong] > g[right] and (g[right] < g[others]).all()))   # above every other colour too
+                chances.append(1 / (len(others) + 1))
                 d_gaps = torch.stack([d[c, k, wrong] - d[c, k, right] for d in cap_draws]).double()  # (n_diffusion,)
                 ses.append(float(d_gaps.std() / math.sqrt(len(d_gaps))) if len(d_gaps) > 1 else float("nan"))
         n = len(gaps)
         wins, ties = sum(g > 0 for g in gaps), sum(g == 0 for g in gaps)
         clear = sum(g > 2 * se for g, se in zip(gaps, ses))   # won by more than 2 standard errors of its draws
         lo, hi = wilson(wins, n)
+        n_first = sum(firsts)
         mean_gap = sum(gaps) / n if n else float("nan")
         sd = math.sqrt(sum((g - mean_gap) ** 2 for g in gaps) / (n - 1)) if n > 1 else float("nan")
         out[f"{bridge}/{source}"] = {"n": n, "wins": wins, "ties": ties, "clear_wins": clear,
                                      "share": wins / n if n else float("nan"), "ci95": [lo, hi],
+                                     "right_first": n_first, "right_first_ci95": list(wilson(n_first, n)),
+                                     "right_first_chance": sum(chances) / n if n else float("nan"),
                                      "mean_gap": mean_gap, "mean_gap_se": sd / math.sqrt(n) if n > 1 else float("nan")}
     return {"arms": out, "tau": tau, "n_gumbel": n_gumbel, "n_diffusion": n_diffusion, "seed": seed,
             "examples": [{"caption": s.sample.target_photos()[0].caption, "right": s.right, "wrong": s.wrong}
