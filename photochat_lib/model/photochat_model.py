@@ -380,8 +380,9 @@ def llm_gradient_norms(model: PhotoChatModel, batch: dict, tau: float,
                        generator: torch.Generator | None = None) -> dict[str, float]:
     """Return the L2 norms of the LLM's gradients from L_t and from α·L_v alone, at temperature tau.
 
-    How much of the LLM's update the image loss drives (end2end; 0 in the pipeline, where no gradient of
-    L_v reaches the LLM). Used by notebook 06 and benchmarks/when_end2end_helps.py.
+    From ONE Gumbel and ONE diffusion draw (`generator`): one sample of a heavy-tailed distribution, not the mean
+    over draws that training follows (`evaluation.gradient_signal` measures that). 0 in the pipeline, where no
+    gradient of L_v reaches the LLM. Used by notebook 06 and benchmarks/when_end2end_helps.py.
     """
     params = [p for p in model.llm.parameters() if p.requires_grad]
     out = model(batch, tau=tau, generator=generator)
