@@ -14,6 +14,8 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version as _version
 from typing import TYPE_CHECKING
 
+from photochat_lib.utils import handed_down as _handed_down
+
 try:
     __version__ = _version("photochat_lib")   # pyproject.toml's [project] version, the one place it is kept
 except PackageNotFoundError:                  # imported from a source tree that was never installed
@@ -44,6 +46,16 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value                  # later lookups skip __getattr__
     return value
+
+
+def _load_training_checkpoint(folder, **overrides):
+    """A training run's checkpoint-N/ as a model: training's loader, imported when a checkpoint is loaded."""
+    from photochat_lib.training.checkpoints import load_training_checkpoint
+    return load_training_checkpoint(folder, **overrides)
+
+
+# PhotoChatModel.from_pretrained (model layer) loads checkpoint-N/ through this, handed down, not imported upward
+_handed_down.set_checkpoint_loader(_load_training_checkpoint)
 
 
 def __dir__() -> list[str]:

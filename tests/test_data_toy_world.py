@@ -13,7 +13,8 @@ from photochat_lib.data import cli as data_cli
 from photochat_lib.data.photochat import read_photochat
 from photochat_lib.data.samples import make_samples
 from photochat_lib.data.photo_facts import grounded, stated_facts
-from photochat_lib.data.toy_phrasings import ACTS, FRIEND_ACTS, SHARER_ACTS, act_of
+from photochat_lib.data.toy_phrasings import ACTS
+from photochat_lib.data.toy_world import FRIEND_ACTS, SHARER_ACTS, act_of
 from photochat_lib.data.toy_world import (BACKGROUNDS, COLOURS, NOUNS, ToyObject, caption, draw_photo,
                                          make_split, phrasing_of, sample_dialogue, write_toy_dataset)
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from photochat_lib.training import memory
+from photochat_lib.training import budget, memory
 from photochat_lib.training.memory import (KNOWN_GPUS, PRESET_CONFIGS, build_meta_components, count_params, estimate,
                                   load_config, lora_param_count, lora_targets, measure_unet_activation_bytes,
                                   transformer_layer_bytes)
@@ -200,7 +200,7 @@ def test_estimator_is_sensitive_to_the_recipe(paper_estimate):
 # ------------------------------------------------------------------ CLI
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photochat")
-    memory.register(parser.add_subparsers(dest="command"))
+    budget.register(parser.add_subparsers(dest="command"))
     return parser
 
 

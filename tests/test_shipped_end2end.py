@@ -92,7 +92,7 @@ def test_one_turn_at_a_time_on_raw_outputs(model, test_split):
     288 replies, so the test holds it under 40 %."""
     from photochat_lib.data.photochat import read_photochat
     from photochat_lib.data.samples import make_samples
-    from photochat_lib.data.toy_phrasings import FRIEND_ACTS, SHARER_ACTS, act_of
+    from photochat_lib.data.toy_world import FRIEND_ACTS, SHARER_ACTS, act_of
     from photochat_lib.model.generation import generate_batch
     dialogues = read_photochat(test_split / "test")
     sharer = {d.dialogue_id: next(t.speaker for t in d.turns if t.photo is not None) for d in dialogues}

@@ -16,7 +16,7 @@ _COMMANDS = [
     "photochat_lib.training.train",       # photochat train
     "photochat_lib.evaluation.evaluate",  # photochat evaluate
     "photochat_lib.apps.chat",            # photochat chat
-    "photochat_lib.training.memory",      # photochat estimate-memory
+    "photochat_lib.training.budget",      # photochat estimate-memory
     "photochat_lib.apps.demo",            # photochat demo
     "photochat_lib.utils.doctor",         # photochat doctor
 ]

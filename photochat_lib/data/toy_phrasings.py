@@ -221,32 +221,3 @@ def items_text(objects: list[tuple[str, str]], styles: list, rng) -> str:
     if text is None:
         text = rng.choice([t for t in (style(objects) for style in styles) if t is not None])
     return text
-
-
-# ----- who says what: a toy dialogue act belongs to the sharer, the friend, or either (greetings) -----
-SHARER_ACTS = ("trip", "got", "offer", "announce", "before_photo", "after_photo", "bg_reply", "pos_reply",
-               "size_reply", "bye_back")
-FRIEND_ACTS = ("small_talk", "react", "ask", "accept", "see_bg", "see_pos", "see_size", "bye")
-_PATTERNS: list = []
-
-
-def act_of(line: str) -> str | None:
-    """Return the dialogue act whose phrasing (any pool) a line is, or None (a caption, a line no phrasing makes)."""
-    import re
-
-    from photochat_lib.data.toy_world import BACKGROUNDS, COLOURS, NAMES, NOUNS, PLACES, WHEN
-    if not _PATTERNS:
-        alt = lambda words: "(?:" + "|".join(map(re.escape, words)) + ")"       # noqa: E731
-        nouns = [n for ns in NOUNS.values() for n in ns]
-        obj = f"(?:a|one|the) {alt(COLOURS)}(?: (?:{alt(nouns)}|one))?"
-        fields = {"name": alt(NAMES), "place": alt(PLACES), "when": alt(WHEN), "bg": alt(BACKGROUNDS),
-                  "colour": alt(COLOURS), "noun": alt(nouns), "where": alt(WHERE.values()),
-                  "size_word": alt([w for ws in SIZE_WORDS.values() for w in ws]), "size": alt(SIZE_WORDS),
-                  "items": rf"(?:first |(?:two|three) {alt(nouns)}e?s[:,] )?{obj}(?:(?:,| and| plus| as well as| and also|"
-                           rf" together with| along with|, then|, and) {obj})*(?: {alt(nouns)})?"}
-        for act, lines in ACTS.items():
-            for text in lines:
-                pattern = re.sub(r"\\\{(\w+)\\\}", lambda m: fields[m.group(1)], re.escape(text))
-                _PATTERNS.append((act, re.compile("^" + pattern + "$")))
-    line = line.strip()
-    return next((act for act, pattern in _PATTERNS if pattern.match(line)), None)

@@ -266,3 +266,30 @@ def write_toy_dataset(out: str | Path, seed: int = 0, n_train: int = 600, n_dev:
 def _write_json(path: Path, obj) -> None:
     """Write obj as indented UTF-8 JSON with sorted keys (stable bytes)."""
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+# ----- who says what: a toy dialogue act belongs to the sharer, the friend, or either (greetings) -----
+SHARER_ACTS = ("trip", "got", "offer", "announce", "before_photo", "after_photo", "bg_reply", "pos_reply",
+               "size_reply", "bye_back")
+FRIEND_ACTS = ("small_talk", "react", "ask", "accept", "see_bg", "see_pos", "see_size", "bye")
+_PATTERNS: list = []
+
+
+def act_of(line: str) -> str | None:
+    """Return the dialogue act whose phrasing (any pool of `toy_phrasings`) a line is, or None (a caption, a line no phrasing makes)."""
+    import re
+
+    if not _PATTERNS:
+        alt = lambda words: "(?:" + "|".join(map(re.escape, words)) + ")"       # noqa: E731
+        nouns = [n for ns in NOUNS.values() for n in ns]
+        obj = f"(?:a|one|the) {alt(COLOURS)}(?: (?:{alt(nouns)}|one))?"
+        fields = {"name": alt(NAMES), "place": alt(PLACES), "when": alt(WHEN), "bg": alt(BACKGROUNDS),
+                  "colour": alt(COLOURS), "noun": alt(nouns), "where": alt(P.WHERE.values()),
+                  "size_word": alt([w for ws in P.SIZE_WORDS.values() for w in ws]), "size": alt(P.SIZE_WORDS),
+                  "items": rf"(?:first |(?:two|three) {alt(nouns)}e?s[:,] )?{obj}(?:(?:,| and| plus| as well as| and also|"
+                           rf" together with| along with|, then|, and) {obj})*(?: {alt(nouns)})?"}
+        for act, lines in P.ACTS.items():
+            for text in lines:
+                pattern = re.sub(r"\\\{(\w+)\\\}", lambda m: fields[m.group(1)], re.escape(text))
+                _PATTERNS.append((act, re.compile("^" + pattern + "$")))
+    line = line.strip()
+    return next((act for act, pattern in _PATTERNS if pattern.match(line)), None)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from photochat_lib.utils.atomic import write_json
+from photochat_lib.utils.handed_down import checkpoint_loader
 from photochat_lib.data.collate import CONTEXT_PHOTOS
 from photochat_lib.model.bridge import BRIDGES, PositionalBridge
 from photochat_lib.model.dvtm import dvtm_average, straight_through_sd
@@ -297,9 +298,8 @@ class PhotoChatModel(nn.Module):
                             f"PhotoChatConfig's fields ({', '.join(f.name for f in fields(PhotoChatConfig))})")
         device_map = _one_device(device_map)
         folder = resolve_model_path(path, revision=revision, token=token, **hub)
-        if is_training_checkpoint(folder):           # an import that reaches up a layer (listed in test_layers.py)
-            from photochat_lib.training.checkpoints import load_training_checkpoint
-            model = load_training_checkpoint(folder, **overrides)
+        if is_training_checkpoint(folder):           # training's loader, handed down (never imported from here)
+            model = checkpoint_loader()(folder, **overrides)
             return model._placed(folder, dtype, device_map)
         config_file = os.path.join(folder, "photochat.json")
         if not os.path.isfile(config_file):
