@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--tau", type=float, default=1.0, help="STGS temperature (1: the start of training)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--reports", default="photochat_lib/reports", help="where bridge_diagnostic.{json,md} go (the shipped reports)")
+    p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the control (end-to-end model, gold caption): each photo redrawn to show the swapped "
+                        "colour, so only the dialogue still names the 'right' one")
     p.add_argument("--quick", action="store_true", help="8 captions, 2 x 2 draws, the end-to-end model: checks it runs")
     args = p.parse_args(argv)
     if args.quick:
@@ -72,6 +75,14 @@ def main(argv=None) -> int:
         t = time.time()
         results[name] = diagnose(model, samples, collator_for(model, "toy"), n_gumbel=args.gumbel,
                                  n_diffusion=args.diffusion, tau=args.tau)
+        results[name]["seconds"] = round(time.time() - t, 1)
+    if args.control:
+        from photochat_lib.evaluation.grounding import read_labels
+        model, t = load(args.models[-1]), time.time()
+        name = f"{args.models[-1]}, control: photo shows the caption's colour"
+        results[name] = diagnose(model, samples, collator_for(model, "toy"), n_gumbel=args.gumbel,
+                                 n_diffusion=args.diffusion, tau=args.tau, labels=read_labels(data),
+                                 arms=(("sentence", "gold"), ("positional", "gold")))
         results[name]["seconds"] = round(time.time() - t, 1)
     lines = [f"Colour-swap diagnostic: {args.samples} test captions, tau {args.tau:g}, {args.gumbel} Gumbel x "
              f"{args.diffusion} diffusion draws, {time.time() - t0:.0f} s ({torch.get_num_threads()} thread(s))", "",

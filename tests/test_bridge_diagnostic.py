@@ -1,5 +1,6 @@
 """The colour-swap diagnostic (evaluation/bridge_diagnostic.py): swaps, intervals, and what each bridge can say."""
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +46,23 @@ def test_every_arm_is_measured_with_its_interval(shared):
         assert arm["n"] == 4 and 0 <= arm["wins"] <= 4 and arm["ci95"][0] <= arm["share"] <= arm["ci95"][1]
         assert arm["mean_gap"] == arm["mean_gap"]                                # measured, not NaN
         assert 0 <= arm["right_first"] <= arm["wins"] and arm["right_first_chance"] == pytest.approx(0.25)
+
+
+def test_the_control_redraws_the_photo_in_the_captions_colour(shared, tmp_path):
+    """The control keeps the swapped caption and redraws the photo so the swapped object shows the caption's colour."""
+    from photochat_lib.data.images import load_image
+    from photochat_lib.evaluation.bridge_diagnostic import recolour_photo
+    from photochat_lib.evaluation.grounding import read_labels
+    from photochat_lib.toy.classifier import attribute_accuracy
+    root = Path(shared[0].target_photos()[0].path).parents[2]
+    labels = read_labels(root)
+    rng = random.Random(1)
+    for s in shared[:4]:
+        sw = swap_one_colour(s, rng)
+        ctl = recolour_photo(sw, labels[s.dialogue_id], tmp_path)
+        photo = ctl.sample.target_photos()[0]
+        assert photo.caption == sw.sample.target_photos()[0].caption and Path(photo.path).parent == tmp_path
+        label = labels[s.dialogue_id]
+        objects = [dict(o) for o in label["objects"]]
+        objects[sw.object_index]["colour"] = sw.wrong
+        assert attribute_accuracy([load_image(photo.path)], [{**label, "objects": objects}]) == 1.0

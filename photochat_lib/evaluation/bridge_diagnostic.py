@@ -40,6 +40,7 @@ class SwappedSample:
     right: str            # the colour the photo shows
     wrong: str            # the colour the caption now says
     word_index: int       # which word of the caption was swapped
+    object_index: int = 0  # which object of the caption (its colour words in order) that word names
 
 
 def swap_one_colour(sample: Sample, rng: random.Random) -> SwappedSample | None:
@@ -61,7 +62,26 @@ def swap_one_colour(sample: Sample, rng: random.Random) -> SwappedSample | None:
     photo = replace(turn.photo, caption=" ".join(words))
     response = list(sample.response)
     response[turn_i] = replace(turn, photo=photo)
-    return SwappedSample(replace(sample, response=response), right, wrong, i)
+    return SwappedSample(replace(sample, response=response), right, wrong, i, spots.index(i))
+
+
+def recolour_photo(swapped: SwappedSample, label: dict, folder) -> SwappedSample:
+    """Return the control: the same swapped caption, with the photo redrawn so the swapped object IS the caption's
+    (wrong) colour. Now only the dialogue still names the "right" colour; a gradient that follows the photo should
+    stop favouring it, one that follows the LLM's prior (the dialogue) will not."""
+    from pathlib import Path
+
+    from photochat_lib.data.toy_world import ToyObject, draw_photo
+    objects = [ToyObject(o["colour"], o["shape"], "", o["size"], o["position"]) for o in label["objects"]]
+    k = swapped.object_index
+    objects[k] = replace(objects[k], colour=swapped.wrong)
+    path = Path(folder) / f"{swapped.sample.dialogue_id}.png"
+    draw_photo(objects, label["background"]).save(path)
+    s = swapped.sample
+    turn_i = next(i for i, t in enumerate(s.response) if t.photo is not None)
+    response = list(s.response)
+    response[turn_i] = replace(s.response[turn_i], photo=replace(s.response[turn_i].photo, path=str(path)))
+    return replace(swapped, sample=replace(s, response=response))
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -116,10 +136,12 @@ def expected_caption_gradient(model, batch, tau: float, n_gumbel: int, n_diffusi
 
 
 def diagnose(model, samples: list[Sample], collator, n_gumbel: int = 16, n_diffusion: int = 8, tau: float = 1.0,
-             batch_size: int = 8, seed: int = 0) -> dict:
+             batch_size: int = 8, seed: int = 0, labels: dict | None = None, arms=ARMS) -> dict:
     """Return, per arm, how many swapped captions' expected gradient raises the right colour over the wrong one.
 
-    ``samples``: photo-sharing samples (each caption must name a colour; the others are skipped). For each arm:
+    ``samples``: photo-sharing samples (each caption must name a colour; the others are skipped). ``labels`` (the
+    toy world's labels.json): run the control instead, each photo redrawn to show the swapped caption's colour
+    (`recolour_photo`), so "right" is only the dialogue's colour. For each arm:
     n, wins, ties (the two partial derivatives equal, e.g. both 0), right_first (the right colour raised above the
     wrong one AND every other colour: what "blue, not purple" needs; "less purple" alone raises all the others
     alike, so chance is 1 in the number of colours but the wrong one), clear wins (the gap above twice its standard
@@ -131,7 +153,11 @@ def diagnose(model, samples: list[Sample], collator, n_gumbel: int = 16, n_diffu
     swapped = [s for s in (swap_one_colour(x, rng) for x in samples) if s is not None]
     model.eval()
     out = {}
-    for bridge, source in ARMS:
+    if labels is not None:                                   # the control: photos redrawn to match the swapped caption
+        import tempfile
+        folder = tempfile.mkdtemp(prefix="photochat-diagnostic-")
+        swapped = [recolour_photo(s, labels[s.sample.dialogue_id], folder) for s in swapped]
+    for bridge, source in arms:
         arm = copy.copy(model)                                   # same weights, another config
         arm.config = replace(model.config, bridge=bridge, sd_caption_source=source, mode="end2end")
         gaps, ses, firsts, chances = [], [], [], []
@@ -169,4 +195,4 @@ def diagnose(model, samples: list[Sample], collator, n_gumbel: int = 16, n_diffu
                          for s in swapped[:5]]}
 
 
-__all__ = ["ARMS", "SwappedSample", "diagnose", "expected_caption_gradient", "swap_one_colour", "wilson"]
+__all__ = ["ARMS", "SwappedSample", "diagnose", "recolour_photo", "expected_caption_gradient", "swap_one_colour", "wilson"]
