@@ -342,25 +342,18 @@ def bias_figure(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     qs = sorted(results, key=float)
-    for arm in ("pipeline", "end2end/sentence", "end2end/positional"):
+    for k, arm in enumerate(("pipeline", "end2end/sentence", "end2end/positional")):
         for ax, c in zip(axes, ("attr_acc", "purple_for_blue")):
             xs, ys, es = [], [], []
             for q in qs:
                 vals = [r[c] for r in results[q].get(arm, []) if r.get(c) is not None]
                 if vals:
-                    xs.append(float(q)), ys.append(statistics.mean(vals))
+                    xs.append(float(q) + 0.01 * (k - 1)), ys.append(statistics.mean(vals))   # arms side by side
                     es.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=arm)
     axes[0].set_title("attribute accuracy of drawn photos (%)")
     axes[1].set_title('captions saying "purple" for a blue object (%)')
-    for ax in axes:
-        ax.set_xlabel("Q, share of biased training captions")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes, "Q, share of biased training captions", path)
 
 
 def report(args, results: dict) -> None:
@@ -441,8 +434,14 @@ def figure(args, results: dict, path: Path) -> Path:
     for step, tau in sorted(taus.items()):
         axes[2].annotate(f"τ={tau:.2g}", (step, 1.0), textcoords="offset points", xytext=(0, -10), ha="center",
                          fontsize=8, xycoords=("data", "axes fraction"))
+    return _finish(fig, axes, "optimizer step", path)
+
+
+def _finish(fig, axes, xlabel: str, path: Path) -> Path:
+    """Label and grid the panels, save the figure to path, close it; return path."""
+    import matplotlib.pyplot as plt
     for ax in axes:
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()

@@ -104,8 +104,8 @@ def test_imports_inside_functions_reach_up_only_where_listed():
                                    f"listed but gone: {sorted(set(REACHES_UP) - up)}")
 
 
-def test_module_level_imports_have_no_cycle():
-    graph = {m: {i for i, deferred in imports(m, p) if not deferred and i in ALL and i != m} for m, p in ALL.items()}
+def assert_no_cycle(graph: dict[str, set[str]]) -> None:
+    """Raise AssertionError naming the first import cycle of a {module: imported modules} graph (depth first)."""
     state: dict[str, int] = {}
 
     def visit(m, path):
@@ -120,26 +120,17 @@ def test_module_level_imports_have_no_cycle():
     for m in graph:
         if m not in state:
             visit(m, [m])
+
+
+def test_module_level_imports_have_no_cycle():
+    assert_no_cycle({m: {i for i, deferred in imports(m, p) if not deferred and i in ALL and i != m}
+                     for m, p in ALL.items()})
 
 
 def test_no_cycle_even_through_imports_inside_functions():
     """Issue 24: followed as data, every route through the package is a straight walk down: the graph of all
     imports, deferred ones included, has no cycle (training/memory <-> steptime was one; model -> training another)."""
-    graph = {m: {i for i, _ in imports(m, p) if i in ALL and i != m} for m, p in ALL.items()}
-    state: dict[str, int] = {}
-
-    def visit(m, path):
-        state[m] = 1
-        for n in graph[m]:
-            if state.get(n) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
-            if n not in state:
-                visit(n, path + [n])
-        state[m] = 2
-
-    for m in graph:
-        if m not in state:
-            visit(m, [m])
+    assert_no_cycle({m: {i for i, _ in imports(m, p) if i in ALL and i != m} for m, p in ALL.items()})
 
 
 @pytest.mark.parametrize("layer", range(len(LAYERS)), ids=[name for name, _ in LAYERS])
