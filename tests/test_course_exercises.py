@@ -27,10 +27,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXERCISES = ["01", "02", "03", "04", "05", "06", "07"]            # 3-5 exercises with asserting, collapsed solutions
-PITFALLS = ["02", "03", "04", "05", "06", "07", "08"]                   # a "## Pitfalls" section
-SUMMARIES = ["00", "01", "02", "03", "04", "05", "06", "07", "08"]      # ends with "## Summary" and "## References"
-FIGURES = ["00", "01", "02", "03", "04", "05", "06", "07", "08"]        # figure-only code cells hidden in the book
+EXERCISES = ["01", "02", "03", "04", "05", "06", "07", "09"]            # 3-5 exercises with asserting, collapsed solutions
+PITFALLS = ["02", "03", "04", "05", "06", "07", "08", "09"]                   # a "## Pitfalls" section
+SUMMARIES = ["00", "01", "02", "03", "04", "05", "06", "07", "08", "09"]      # ends with "## Summary" and "## References"
+FIGURES = ["00", "01", "02", "03", "04", "05", "06", "07", "08", "09"]        # figure-only code cells hidden in the book
 
 EXERCISE = re.compile(r"^### Exercise (\d+)\.(\d+) — \S")
 SOLUTION_MD = re.compile(r"^:::\{(?:admonition|dropdown)\} Solution (\d+)\.(\d+)\b")
