@@ -5,7 +5,10 @@ while the photo keeps the true one. For each bridge (the paper's sentence-level 
 each caption SD reads (gold = the swapped caption the LLM is taught; sampled = what the STGS drew), the expected
 gradient of L_v at the logit that predicts the swapped word, over G Gumbel × D diffusion draws: the share of
 captions where a gradient step raises the right colour's logit over the wrong one, with its 95 % (Wilson)
-interval, and how many of those wins stand above twice their standard error over the diffusion draws.
+interval, how many of those wins stand above twice their standard error over the diffusion draws, and how often
+the right colour also comes out above every other colour (its "chance" column is a gradient blind to the photo
+and to the LLM's prior; through the sentence bridge the prior alone can win it). The control redraws each photo
+in the swapped caption's colour: the drop from the model's row to the control's is what the photo moves.
 `photochat_lib.evaluation.bridge_diagnostic` says exactly what is measured.
 
 Models: the shipped toy foundation (where every study arm starts) and the shipped end-to-end model. Writes

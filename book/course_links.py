@@ -66,10 +66,12 @@ def install_cell(s: dict) -> str:
         'if "google.colab" in sys.modules:  # on Colab only: install the library (a no-op everywhere else)\n'
         "    from pathlib import Path\n"
         "\n"
+        "    # -U: reinstall the library, and upgrade what Colab preinstalled only where it is below pyproject.toml's\n"
+        "    # floors (pip's only-if-needed strategy), so no preinstalled transformers or diffusers too old for it stays\n"
         f'    if Path("{UPLOADED}/pyproject.toml").exists():  # an uploaded copy of the repository\n'
-        f"        !pip install -q {UPLOADED}\n"
+        f"        !pip install -q -U {UPLOADED}\n"
         "    else:                                                # the published repository (pyproject.toml)\n"
-        f'        !pip install -q "{requirement(s)}"\n')
+        f'        !pip install -q -U "{requirement(s)}"\n')
 
 
 def _notebook_changes(path: Path, s: dict) -> tuple[dict, list[str]]:

@@ -40,8 +40,9 @@ def test_the_setting_must_name_a_github_repository(tmp_path):
 
 
 def _pip_targets(cell: str) -> list[str]:
-    """Return the argument of every `!pip install -q ...` line of the install cell, in order."""
-    return [shlex.split(m)[0] for m in re.findall(r"^\s*!pip install -q (.+)$", cell, re.M)]
+    """Return the argument of every `!pip install -q -U ...` line of the install cell, in order (-U: issue 21, the
+    preinstalled packages below the floors are upgraded)."""
+    return [shlex.split(m)[0] for m in re.findall(r"^\s*!pip install -q -U (.+)$", cell, re.M)]
 
 
 @pytest.mark.slow

@@ -15,8 +15,12 @@ What to expect from the algebra: through the sentence bridge, the gradient at ev
 the indicator of the caption's token set), so the right colour — absent from the swapped caption — gets exactly 0
 and the wrong one c: it can only favour the right colour by pushing the whole caption's tokens down (c > 0). At
 the logits, through the softmax, every colour the caption lacks then moves by −p_j·(Σ p g): in proportion to its
-probability, not to the photo. So "raises right over wrong" can be won by "less purple" alone; the stricter
-``right_first`` asks for the right colour above every other colour as well, which needs the photo's say.
+probability, not to the photo. So "raises right over wrong" can be won by "less purple" alone, and so can the
+stricter ``right_first`` (the right colour above every other colour as well): through the sentence bridge it holds
+exactly when c > 0 and the LLM's own probabilities rank the right colour first — which the dialogue, naming that
+colour, teaches it. Its chance level is then the LLM's prior, not 1 in 4. The control (``labels=``: each photo
+redrawn to show the swapped caption's colour) separates the photo's say from the prior: what the photo moves is
+the difference between the two runs.
 """
 from __future__ import annotations
 
@@ -143,8 +147,8 @@ def diagnose(model, samples: list[Sample], collator, n_gumbel: int = 16, n_diffu
     toy world's labels.json): run the control instead, each photo redrawn to show the swapped caption's colour
     (`recolour_photo`), so "right" is only the dialogue's colour. For each arm:
     n, wins, ties (the two partial derivatives equal, e.g. both 0), right_first (the right colour raised above the
-    wrong one AND every other colour: what "blue, not purple" needs; "less purple" alone raises all the others
-    alike, so chance is 1 in the number of colours but the wrong one), clear wins (the gap above twice its standard
+    wrong one AND every other colour; "less purple" plus an LLM that already prefers the right colour wins it too,
+    see the module docstring; right_first_chance is the 1-in-k of a gradient blind to both), clear wins (the gap above twice its standard
     error over the diffusion draws), the share won with its 95 % Wilson interval, and the mean gap
     ∂L_v/∂o[wrong] − ∂L_v/∂o[right] over captions with its standard error.
     """
