@@ -106,7 +106,7 @@ def test_same_seed_same_weights_and_the_folder_loads(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((outs[0] / "photochat.json").read_text()) == {
         "mode": "end2end", "alpha": 1.0, "dvtm_impl": "batched", "sd_caption_source": "gold",
-        "pipeline_context": "caption", "preset": "toy", "extra": {}}
+        "pipeline_context": "caption", "bridge": "sentence", "loss_reduction": "mean", "preset": "toy", "extra": {}}
     assert not [p.name for p in outs[0].iterdir() if p.name.startswith(".")]  # no temp folders left
     # the whole toy model loads through the hub loaders once an sd/ folder sits beside them
     _, _, _, generator = build_toy_components(0)
